@@ -1,0 +1,41 @@
+# rlplugins — every target creates or reuses its virtual environment from nothing.
+# `make test` runs the core tests in .venv, then each framework's tests in its own venv
+# (veRL 0.9.1 and OpenRLHF 0.11.2 need incompatible transformers versions).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+# CPU build of torch; a bare `torch` requirement pulls a multi-GB CUDA build.
+TORCH_PIN := torch==2.13.0
+PIP_FLAGS := --disable-pip-version-check -q
+export TRITON_INTERPRET ?= 1
+
+# Framework makefiles append their test targets to EXTRA_TEST_TARGETS.
+EXTRA_TEST_TARGETS :=
+-include mk/*.mk
+
+.PHONY: venv test test-core demo bench clean
+.DEFAULT_GOAL := test
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(VPY) -m pip install $(PIP_FLAGS) $(TORCH_PIN)
+	$(VPY) -m pip install $(PIP_FLAGS) -e '.[dev,triton]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: test-core $(EXTRA_TEST_TARGETS)
+
+test-core: venv
+	$(VPY) -m pytest $(wildcard tests/core tests/kernels tests/selection) -q -p no:cacheprovider
+
+demo: venv
+	$(VENV)/bin/rlplugins demo $(DEMO_ARGS)
+
+bench: venv
+	$(VPY) benchmarks/kernels.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) $(VENV)-* .pytest_cache .hypothesis build *.egg-info
