@@ -15,8 +15,6 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("rlplugins.demo", "toy RLVR run on CPU comparing maspo, ppo_clip, sapo and pg"),
     "losses": ("rlplugins.losses.describe", "list the registered policy losses and their defaults"),
-    "bench-kernels": ("rlplugins.kernels.bench_cli", "benchmark the token-loss kernels (see benchmarks/kernels.py)"),
-    "toy-dpo": ("rlplugins.selection.toy_dpo_cli", "toy DPO run comparing SAGE with the baseline selectors"),
     "verl-smoke": ("rlplugins.integrations.verl.smoke", "run veRL's real actor worker on CPU for two steps"),
 }
 
