@@ -1,0 +1,149 @@
+"""Shared helpers for the kernels: input checks, launch configurations, row addressing.
+
+Nothing here imports the rlplugins core or any framework: the kernels take tensors and plain numbers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+
+#: Logit dtypes the kernels read (computation is always float32).
+LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+#: Largest block the CPU interpreter uses: its cost grows with the number of block iterations, not their width.
+_INTERPRETER_MAX_BLOCK = 16384
+
+
+def interpreter_active() -> bool:
+    """True when Triton runs kernels with its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    block: int
+    num_warps: int
+    num_stages: int
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from exc
+
+
+def _check_block(block: int, what: str) -> int:
+    if block < 16 or block & (block - 1):
+        raise ValueError(f"{what} must be a power of two >= 16, got {block}")
+    return block
+
+
+def vocab_launch_config(vocab: int, kind: str, block_size: int | None = None) -> LaunchConfig:
+    """Block over the vocabulary and warp count for the row kernels.
+
+    ``kind`` is ``"fwd"`` (one program streams a whole row: online softmax) or ``"bwd"`` (one program per
+    (row, vocab block): gradient). The GPU defaults are untuned starting points in the range the peers use
+    (flash-attn CE: blocks up to 16K forward / 4K backward; Liger GRPO: 2K / 4K); override them with
+    ``block_size`` or the environment variables ``RLP_{FWD,BWD}_{BLOCK,WARPS,STAGES}`` (see benchmarks/kernels.py
+    ``--tune``). Under the interpreter a block covers the whole row when it can, because the interpreter's cost
+    is proportional to the number of block iterations.
+    """
+    if kind not in ("fwd", "bwd"):
+        raise ValueError(f"kind must be 'fwd' or 'bwd', got {kind!r}")
+    prefix = f"RLP_{kind.upper()}_"
+    if block_size is None:
+        block_size = _env_int(prefix + "BLOCK")
+    if block_size is not None:
+        block = _check_block(int(block_size), "block_size")
+    elif interpreter_active():
+        block = min(triton.next_power_of_2(vocab), _INTERPRETER_MAX_BLOCK)
+    else:
+        block = min(triton.next_power_of_2(vocab), 4096)
+    block = max(block, 16)
+    warps = _env_int(prefix + "WARPS")
+    if warps is None:
+        if kind == "fwd":
+            warps = 4 if block <= 2048 else 8
+        else:
+            warps = 4 if block <= 1024 else (8 if block <= 4096 else 16)
+    stages = _env_int(prefix + "STAGES")
+    if stages is None:
+        stages = 2 if kind == "fwd" else 1
+    return LaunchConfig(block=block, num_warps=warps, num_stages=stages)
+
+
+def check_logits(logits: torch.Tensor, name: str = "logits") -> None:
+    """Raise TypeError/ValueError unless ``logits`` is a float32/bf16/fp16 tensor of shape [N, V] or [B, T, V]."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dtype not in LOGIT_DTYPES:
+        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {logits.dtype}")
+    if logits.dim() not in (2, 3):
+        raise ValueError(f"{name} must have shape [N, V] or [B, T, V], got {tuple(logits.shape)}")
+    if logits.shape[-1] < 1:
+        raise ValueError(f"{name} must have a non-empty vocabulary dimension, got {tuple(logits.shape)}")
+
+
+def check_labels(labels: torch.Tensor, logits: torch.Tensor, ignore_index: int, name: str = "labels") -> torch.Tensor:
+    """Check ``labels`` against ``logits`` and return it contiguous, flattened to [rows].
+
+    A label outside ``[0, V)`` that is not ``ignore_index`` raises a ValueError (this costs one device sync;
+    the kernels would otherwise return NaN for that row rather than read out of bounds).
+    """
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise TypeError(f"{name} must be an integer tensor, got {labels.dtype}")
+    if tuple(labels.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(
+            f"{name} must have shape {tuple(logits.shape[:-1])} (logits.shape[:-1]), got {tuple(labels.shape)}"
+        )
+    if labels.device != logits.device:
+        raise ValueError(f"{name} is on {labels.device} but logits is on {logits.device}")
+    flat = labels.reshape(-1).to(torch.int64).contiguous()
+    vocab = logits.shape[-1]
+    if flat.numel() and bool((((flat < 0) | (flat >= vocab)) & (flat != ignore_index)).any()):
+        bad = flat[((flat < 0) | (flat >= vocab)) & (flat != ignore_index)][:5].tolist()
+        raise ValueError(
+            f"{name} must lie in [0, {vocab}) or equal ignore_index={ignore_index}; found e.g. {bad}"
+        )
+    return flat
+
+
+def check_temperature(temperature: float) -> float:
+    if isinstance(temperature, torch.Tensor) or isinstance(temperature, bool):
+        raise TypeError(f"temperature must be a Python float, got {type(temperature).__name__}")
+    temperature = float(temperature)
+    if not (temperature > 0.0) or temperature == float("inf"):
+        raise ValueError(f"temperature must be a finite float > 0, got {temperature}")
+    return temperature
+
+
+def row_layout(logits: torch.Tensor) -> tuple[torch.Tensor, int, int, int, int]:
+    """Return (logits with unit vocab stride, rows, inner, stride_outer, stride_inner).
+
+    Row ``r`` starts at ``(r // inner) * stride_outer + (r % inner) * stride_inner``, so a strided [B, T, V]
+    view (for instance HF logits ``[:, :-1]``) is read without a copy. Only a non-unit vocab stride forces one.
+    """
+    if logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    if logits.dim() == 2:
+        rows, inner = logits.shape[0], max(logits.shape[0], 1)
+        return logits, rows, inner, 0, logits.stride(0)
+    b, t, _ = logits.shape
+    return logits, b * t, max(t, 1), logits.stride(0), logits.stride(1)
+
+
+def as_float_rows(x: torch.Tensor | None, rows: int, device: torch.device) -> torch.Tensor:
+    """Per-row float32 contiguous tensor (zeros for None), for upstream gradients and per-token inputs."""
+    if x is None:
+        return torch.zeros(rows, dtype=torch.float32, device=device)
+    return x.reshape(-1).to(torch.float32).contiguous()
