@@ -1,0 +1,33 @@
+"""Triton kernels for gated token losses: logits in, loss and gradient out, no [tokens x vocab] log-softmax.
+
+    token_logprobs(logits, labels, temperature=1.0, return_entropy=False, inplace_backward=False)
+        -> logp [, entropy]          generic primitive (approach A of docs/kernels.md)
+    gated_token_loss(log_prob, old_log_prob, advantages, loss="maspo", config=...)
+        -> (loss_t, dloss/dlogp)      one elementwise kernel for the whole gate family
+    fused_policy_loss(logits, labels, old_log_prob, advantages, response_mask, loss="maspo", config=...)
+        -> FusedPolicyLossOutput(loss, log_prob, entropy)     logits in, scalar out (approach B)
+
+Installed as ``rlplugins.kernels``; needs ``triton``. Functions take tensors and plain numbers (a config is
+read by field name: the core's dataclasses or a mapping). CUDA tensors, or CPU tensors under
+``TRITON_INTERPRET=1`` (slow, for tests). The rlplugins core picks these or a chunked torch path with
+``backend="auto"`` (``rlplugins.losses.policy_loss_from_logits``).
+"""
+
+from .fused_loss import AGG_MODES, FusedPolicyLossOutput, aggregate, fused_policy_loss
+from .gated_loss import gated_token_loss
+from .gates import GateSpec, get_gate, has_gate, list_gates, register_gate
+from .logprobs import token_logprobs
+
+__all__ = [
+    "AGG_MODES",
+    "FusedPolicyLossOutput",
+    "GateSpec",
+    "aggregate",
+    "fused_policy_loss",
+    "gated_token_loss",
+    "get_gate",
+    "has_gate",
+    "list_gates",
+    "register_gate",
+    "token_logprobs",
+]

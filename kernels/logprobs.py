@@ -40,7 +40,7 @@ from ._utils import (
 # stay finite (no inf - inf or 0 * inf) even when a whole block is -inf, e.g. a masked vocabulary slice.
 # Any finite float32 logit is above it, so for finite rows it behaves exactly like -inf (verl PR #7439: the
 # identity must not be 0, or all-negative rows get a wrong max).
-_NEG_BIG = -3.0e38
+_NEG_BIG = tl.constexpr(-3.0e38)  # compiled Triton only reads constexpr globals
 
 
 @triton.jit
