@@ -25,14 +25,23 @@ import triton.language as tl
 
 from ._utils import as_float_rows, check_logits, check_temperature, row_layout, vocab_launch_config
 from .gates import get_gate
-from .logprobs import check_device, launch_logits_grad, row_logprob, row_offset, row_softmax_stats
+from .logprobs import (
+    RowStats,
+    check_device,
+    check_not_consumed,
+    empty_row_stats,
+    launch_logits_grad,
+    row_label_logprob,
+    row_offset,
+    row_softmax_stats,
+)
 
 AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
 @triton.jit
 def _fused_gated_loss_fwd_kernel(
-    LOGITS, LABELS, OLD, ADV, LOSS, GRAD, LOGP, LSE, ENT,
+    LOGITS, LABELS, OLD, ADV, LOSS, GRAD, LOGP, MAXZ, LOGL, ENT,
     V, INNER, STRIDE_OUTER, STRIDE_INNER,
     inv_temp, ignore_index,
     P0, P1, P2, P3, P4, P5, P6, P7, P8, P9, P10, P11,
@@ -44,13 +53,14 @@ def _fused_gated_loss_fwd_kernel(
         tl.store(LOSS + row, 0.0)
         tl.store(GRAD + row, 0.0)
         tl.store(LOGP + row, 0.0)
-        tl.store(LSE + row, 0.0)
+        tl.store(MAXZ + row, 0.0)
+        tl.store(LOGL + row, 0.0)
         if ENTROPY:
             tl.store(ENT + row, 0.0)
     else:
         row_ptr = LOGITS + row_offset(row, INNER, STRIDE_OUTER, STRIDE_INNER)
-        m, l, s = row_softmax_stats(row_ptr, V, inv_temp, BLOCK, ENTROPY)
-        logp, lse, entropy = row_logprob(row_ptr, label, V, inv_temp, m, l, s)
+        m, log_l, entropy = row_softmax_stats(row_ptr, V, inv_temp, BLOCK, ENTROPY)
+        logp = row_label_logprob(row_ptr, label, V, inv_temp, m, log_l)
         if HAS_OLD:
             old = tl.load(OLD + row).to(tl.float32)
         else:  # on-policy: old = sg(logp), ratio 1
@@ -60,13 +70,14 @@ def _fused_gated_loss_fwd_kernel(
         tl.store(LOSS + row, loss)
         tl.store(GRAD + row, grad)
         tl.store(LOGP + row, logp)
-        tl.store(LSE + row, lse)
+        tl.store(MAXZ + row, m)
+        tl.store(LOGL + row, log_l)
         if ENTROPY:
             tl.store(ENT + row, entropy)
 
 
 class FusedGatedTokenLossFunction(torch.autograd.Function):
-    """logits -> per-token (loss, logp, H); saves logits (by reference), labels, LSE, g, H: nothing N x V."""
+    """logits -> per-token (loss, logp, H); saves logits (by reference), labels and O(N) row statistics."""
 
     @staticmethod
     def forward(ctx, logits, labels, old, adv, gate_fn, params, temperature, return_entropy, inplace_backward,
@@ -77,19 +88,17 @@ class FusedGatedTokenLossFunction(torch.autograd.Function):
         dev = logits.device
         loss = torch.empty(rows, dtype=torch.float32, device=dev)
         grad = torch.empty(rows, dtype=torch.float32, device=dev)
-        logp = torch.empty(rows, dtype=torch.float32, device=dev)
-        lse = torch.empty(rows, dtype=torch.float32, device=dev)
-        ent = torch.empty(rows if return_entropy else 0, dtype=torch.float32, device=dev)
+        stats = empty_row_stats(rows, dev, return_entropy)
         if rows:
             cfg = vocab_launch_config(vocab, "fwd", block_size)
             _fused_gated_loss_fwd_kernel[(rows,)](
-                logits_rows, labels, old if old is not None else adv, adv, loss, grad, logp, lse,
-                ent if return_entropy else lse,
+                logits_rows, labels, old if old is not None else adv, adv, loss, grad,
+                stats.logp, stats.maxz, stats.log_l, stats.entropy if return_entropy else stats.logp,
                 vocab, inner, so, si, inv_temp, ignore_index, *params,
                 GATE=gate_fn, HAS_OLD=old is not None, BLOCK=cfg.block, ENTROPY=return_entropy,
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             )
-        ctx.save_for_backward(logits_rows, labels, lse, grad, ent)
+        ctx.save_for_backward(logits_rows, labels, grad, *stats)
         ctx.inv_temp = inv_temp
         ctx.return_entropy = return_entropy
         ctx.inplace_backward = inplace_backward
@@ -97,32 +106,29 @@ class FusedGatedTokenLossFunction(torch.autograd.Function):
         ctx.block_size = block_size
         ctx.consumed = False
         ctx.set_materialize_grads(False)
+        ent = stats.entropy
         if not return_entropy:
             ent = torch.zeros(rows, dtype=torch.float32, device=dev)
             ctx.mark_non_differentiable(ent)
-        return loss, logp, ent
+        return loss, stats.logp, ent
 
     @staticmethod
     def backward(ctx, dloss, dlogp, dent):
-        logits, labels, lse, grad, ent = ctx.saved_tensors
-        if ctx.inplace_backward:
-            if ctx.consumed:
-                raise RuntimeError(
-                    "fused_policy_loss(inplace_backward=True) already overwrote the logits with their gradient; "
-                    "a second backward through it (retain_graph) is not possible"
-                )
-            ctx.consumed = True
+        logits, labels, grad, *saved = ctx.saved_tensors
+        stats = RowStats(*saved)
+        check_not_consumed(ctx, "fused_policy_loss")
         rows = labels.numel()
-        g = as_float_rows(dloss, rows, logits.device) * grad if dloss is not None else None
+        dev = logits.device
+        # g_t = dL/dl_t * dl_t/dlogp_t (+ dL/dlogp_t when the returned log_prob is used downstream).
+        g = torch.zeros(rows, dtype=torch.float32, device=dev)
+        if dloss is not None:
+            g = g + as_float_rows(dloss, rows, dev) * grad
         if dlogp is not None:
-            g = as_float_rows(dlogp, rows, logits.device) if g is None else g + as_float_rows(dlogp, rows, logits.device)
-        if g is None:
-            g = torch.zeros(rows, dtype=torch.float32, device=logits.device)
+            g = g + as_float_rows(dlogp, rows, dev)
         use_entropy = ctx.return_entropy and dent is not None
-        c = as_float_rows(dent, rows, logits.device) if use_entropy else None
+        c = as_float_rows(dent, rows, dev) if use_entropy else None
         dlogits = launch_logits_grad(
-            logits, labels, lse, g, c, ent if use_entropy else None,
-            ctx.inv_temp, ctx.ignore_index, ctx.inplace_backward, ctx.block_size,
+            logits, labels, stats, g, c, ctx.inv_temp, ctx.ignore_index, ctx.inplace_backward, ctx.block_size
         )
         return dlogits, None, None, None, None, None, None, None, None, None, None
 

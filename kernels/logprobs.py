@@ -5,10 +5,10 @@ With temperature ``T``, ``x = z / T`` and ``LSE = log sum_j exp(x_j)``:
     logp_t = x_{y_t} - LSE_t                      (always <= 0)
     H_t    = LSE_t - sum_j p_j x_j,  p = softmax(x)
 
-Forward: one program per row streams the vocabulary once (online softmax: running max ``m``, running
-``l = sum exp(x - m)`` and, for the entropy, ``s = sum exp(x - m) (x - m)``, all rescaled when ``m`` grows)
-and stores float32 ``logp``, ``LSE`` [, ``H``]: O(N) memory. Backward: one program per (row, vocab block)
-recomputes ``p_j = exp(x_j - LSE)`` and writes
+Forward: one program per row streams the vocabulary once (online softmax: running max ``m`` of the raw
+logits, running ``l = sum exp((z - m)/T)`` and, for the entropy, ``sum exp(d) d`` with ``d = (z - m)/T``, all
+rescaled when ``m`` grows) and stores float32 ``logp``, ``m``, ``log l`` [, ``H``]: O(N) memory. Backward: one
+program per (row, vocab block) recomputes ``p_j = exp((z_j - m)/T - log l)`` and writes
 
     dz_j = [ g_t (delta_{j,y} - p_j) - c_t p_j (log p_j + H_t) ] / T,    g_t = dL/dlogp_t,  c_t = dL/dH_t
 
@@ -21,6 +21,8 @@ Ignored rows (``label == ignore_index``) get ``logp = H = 0`` and an exactly zer
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -36,10 +38,10 @@ from ._utils import (
     vocab_launch_config,
 )
 
-# A finite stand-in for -inf as the running-max identity: with it, exp(m_old - m_new) and (m_old - m_new) * l
-# stay finite (no inf - inf or 0 * inf) even when a whole block is -inf, e.g. a masked vocabulary slice.
-# Any finite float32 logit is above it, so for finite rows it behaves exactly like -inf (verl PR #7439: the
-# identity must not be 0, or all-negative rows get a wrong max).
+# A finite stand-in for -inf as the running-max identity: with it, (m_old - m_new) stays finite (no
+# -inf - -inf) even when a whole block is -inf, e.g. a masked vocabulary slice. Any finite float32 logit is above
+# it, so for finite rows it behaves exactly like -inf (verl PR #7439: the identity must not be 0, or
+# all-negative rows get a wrong max).
 _NEG_BIG = tl.constexpr(-3.0e38)  # compiled Triton only reads constexpr globals
 
 
@@ -52,44 +54,73 @@ def row_offset(row, INNER, STRIDE_OUTER, STRIDE_INNER):
 
 @triton.jit
 def row_softmax_stats(row_ptr, V, inv_temp, BLOCK: tl.constexpr, ENTROPY: tl.constexpr):
-    """One streaming pass over a row: returns (m, l, s) with m = max x, l = sum exp(x - m) >= 1 and
-    s = sum exp(x - m) (x - m) <= 0 (0 when ENTROPY is off). Then LSE = m + log l and H = log l - s / l.
+    """One streaming pass over a row of raw logits z: returns (m, log_l, H) with
 
-    Keeping s relative to the running max (rather than sum p x) makes H a sum of two non-negative terms:
-    no cancellation between two ~1e4-sized numbers when the logits are huge."""
+        m = max_j z_j (raw units),  l = sum_j exp((z_j - m)/T) >= 1,  H = log l - sum_j e_j d_j / l,
+
+    where d_j = (z_j - m)/T <= 0 and e_j = exp(d_j) (H = 0 when ENTROPY is off).
+
+    Precision: the max is kept in raw units and every exponent is formed as (z_j - m) * (1/T). z_j - m is
+    exact or nearly (Sterbenz), so exp(d_j) is accurate even for |z| ~ 1e4 with T < 1, where the usual
+    exp(z_j/T - LSE) loses ~|z/T| * 2**-24 absolute in its argument (2e-3 at z/T = 4e4). Keeping the entropy
+    sum relative to the max likewise avoids cancelling two ~|z/T|-sized numbers."""
     m = _NEG_BIG
     l = 0.0
     s = 0.0
     for start in tl.range(0, V, BLOCK):
         cols = start + tl.arange(0, BLOCK)
-        x = tl.load(row_ptr + cols, mask=cols < V, other=-float("inf")).to(tl.float32) * inv_temp
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        alpha = tl.exp(m - m_new)
-        e = tl.exp(x - m_new)
+        z = tl.load(row_ptr + cols, mask=cols < V, other=-float("inf")).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(z, axis=0))
+        # <= 0; bounded before scaling so that the sentinel never overflows to -inf (exp() gives 0 either way).
+        shift = tl.maximum(m - m_new, -1.0e30) * inv_temp
+        alpha = tl.exp(shift)
+        d = (z - m_new) * inv_temp
+        e = tl.exp(d)
         if ENTROPY:
-            # -inf logits (padding or a masked vocabulary entry) have e = 0: take 0, not 0 * -inf.
-            s = alpha * (s + (m - m_new) * l) + tl.sum(e * tl.where(e > 0.0, x - m_new, 0.0), axis=0)
+            # Padding and -inf logits have e = 0: take 0, not 0 * -inf; l = 0 before the first finite logit.
+            s = alpha * (s + tl.where(l > 0.0, shift * l, 0.0)) + tl.sum(e * tl.where(e > 0.0, d, 0.0), axis=0)
         l = alpha * l + tl.sum(e, axis=0)
         m = m_new
-    return m, l, s
+    log_l = tl.log(l)
+    return m, log_l, log_l - s / l
 
 
 @triton.jit
-def row_logprob(row_ptr, label, V, inv_temp, m, l, s):
-    """(logp, LSE, H) of a row from its statistics. ``x_y`` is loaded and scaled exactly as in the stream, so
-    x_y <= m and l >= 1 make logp <= 0 hold exactly. An out-of-range label gives NaN, never an
-    out-of-bounds read (the Python wrappers reject such labels before launching)."""
-    log_l = tl.log(l)
+def row_label_logprob(row_ptr, label, V, inv_temp, m, log_l):
+    """logp_y = (z_y - m)/T - log l: <= 0 exactly, since z_y <= m and l >= 1 (the block holding the max adds
+    exp(0) = 1, later blocks only add). An out-of-range label gives NaN, never an out-of-bounds read (the
+    Python wrappers reject such labels before launching)."""
     in_range = (label >= 0) & (label < V)
-    x_y = tl.load(row_ptr + label, mask=in_range, other=float("nan")).to(tl.float32) * inv_temp
-    logp = (x_y - m) - log_l
-    entropy = log_l - s / l
-    return logp, m + log_l, entropy
+    z_y = tl.load(row_ptr + label, mask=in_range, other=float("nan")).to(tl.float32)
+    return (z_y - m) * inv_temp - log_l
+
+
+@triton.jit
+def one_minus_exp(u):
+    """1 - exp(u) for u <= 0, accurate near u = 0 (Kahan's expm1 trick; Triton has no expm1). The label's
+    gradient g (1 - p_y) otherwise loses ~2**-24 / (1 - p_y) relative precision when p_y -> 1."""
+    e = tl.exp(u)
+    plain = (e == 1.0) | (u < -1.0)
+    em1 = tl.where(e == 1.0, u, (e - 1.0) * u / tl.log(tl.where(plain, 0.5, e)))
+    return -tl.where(u < -1.0, e - 1.0, em1)
+
+
+@triton.jit
+def to_storage(x, DTYPE: tl.constexpr, BF16_RTNE_BY_HAND: tl.constexpr):
+    """Cast float32 to the gradient's storage dtype with round-to-nearest-even. Compiled Triton does RTNE
+    by default; the CPU interpreter (triton 3.9) truncates float32 -> bfloat16, so under it we round by hand
+    (classic bias-and-shift on the bit pattern) to test the numerics the GPU produces."""
+    if BF16_RTNE_BY_HAND:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = bits + (0x7FFF + ((bits >> 16) & 1))
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(DTYPE)
 
 
 @triton.jit
 def _logprobs_fwd_kernel(
-    LOGITS, LABELS, LOGP, LSE, ENT,
+    LOGITS, LABELS, LOGP, MAXZ, LOGL, ENT,
     V, INNER, STRIDE_OUTER, STRIDE_INNER,
     inv_temp, ignore_index,
     BLOCK: tl.constexpr, ENTROPY: tl.constexpr,
@@ -98,48 +129,53 @@ def _logprobs_fwd_kernel(
     label = tl.load(LABELS + row)
     if label == ignore_index:
         tl.store(LOGP + row, 0.0)
-        tl.store(LSE + row, 0.0)
+        tl.store(MAXZ + row, 0.0)
+        tl.store(LOGL + row, 0.0)
         if ENTROPY:
             tl.store(ENT + row, 0.0)
     else:
         row_ptr = LOGITS + row_offset(row, INNER, STRIDE_OUTER, STRIDE_INNER)
-        m, l, s = row_softmax_stats(row_ptr, V, inv_temp, BLOCK, ENTROPY)
-        logp, lse, entropy = row_logprob(row_ptr, label, V, inv_temp, m, l, s)
-        tl.store(LOGP + row, logp)
-        tl.store(LSE + row, lse)
+        m, log_l, entropy = row_softmax_stats(row_ptr, V, inv_temp, BLOCK, ENTROPY)
+        tl.store(LOGP + row, row_label_logprob(row_ptr, label, V, inv_temp, m, log_l))
+        tl.store(MAXZ + row, m)
+        tl.store(LOGL + row, log_l)
         if ENTROPY:
             tl.store(ENT + row, entropy)
 
 
 @triton.jit
 def logits_grad_kernel(
-    DLOGITS, LOGITS, LABELS, LSE, G, C, ENT,
+    DLOGITS, LOGITS, LABELS, MAXZ, LOGL, LOGP, G, C, ENT,
     V, INNER, STRIDE_OUTER, STRIDE_INNER, D_STRIDE_OUTER, D_STRIDE_INNER,
     inv_temp, ignore_index,
-    BLOCK: tl.constexpr, ENTROPY: tl.constexpr,
+    BLOCK: tl.constexpr, ENTROPY: tl.constexpr, BF16_RTNE_BY_HAND: tl.constexpr,
 ):
-    """dz = [g (onehot_y - p) - c p (log p + H)] / T for one (row, vocab block). DLOGITS may alias LOGITS:
-    each program reads its block before writing it and no other program touches that block."""
+    """dz = [g (onehot_y - p) - c p (log p + H)] / T for one (row, vocab block), p = exp((z - m)/T - log l).
+    DLOGITS may alias LOGITS: each program reads its block before writing it, no other program touches that
+    block, and the label's log-prob comes from the forward (LOGP), not from a reload of z_y."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     cmask = cols < V
     label = tl.load(LABELS + row)
     d_ptr = DLOGITS + row_offset(row, INNER, D_STRIDE_OUTER, D_STRIDE_INNER)
     if label == ignore_index:
-        tl.store(d_ptr + cols, tl.zeros([BLOCK], dtype=tl.float32).to(DLOGITS.dtype.element_ty), mask=cmask)
+        tl.store(d_ptr + cols, tl.zeros([BLOCK], dtype=DLOGITS.dtype.element_ty), mask=cmask)
     else:
         row_ptr = LOGITS + row_offset(row, INNER, STRIDE_OUTER, STRIDE_INNER)
-        x = tl.load(row_ptr + cols, mask=cmask, other=-float("inf")).to(tl.float32) * inv_temp
-        lse = tl.load(LSE + row)
+        z = tl.load(row_ptr + cols, mask=cmask, other=-float("inf")).to(tl.float32)
+        m = tl.load(MAXZ + row)
+        log_l = tl.load(LOGL + row)
         g = tl.load(G + row)
-        p = tl.exp(x - lse)
-        dz = tl.where(cols == label, g, 0.0) - g * p
+        logp_all = (z - m) * inv_temp - log_l
+        p = tl.exp(logp_all)
+        dz = tl.where(cols == label, g * one_minus_exp(tl.load(LOGP + row)), -g * p)
         if ENTROPY:
             c = tl.load(C + row)
             h = tl.load(ENT + row)
             # p = 0 (a -inf logit) contributes 0, not 0 * -inf.
-            dz -= c * p * tl.where(p > 0.0, (x - lse) + h, 0.0)
-        tl.store(d_ptr + cols, (dz * inv_temp).to(DLOGITS.dtype.element_ty), mask=cmask)
+            dz -= c * p * tl.where(p > 0.0, logp_all + h, 0.0)
+        dz = to_storage(dz * inv_temp, DLOGITS.dtype.element_ty, BF16_RTNE_BY_HAND)
+        tl.store(d_ptr + cols, dz, mask=cmask)
 
 
 def check_device(logits: torch.Tensor) -> None:
@@ -153,16 +189,15 @@ def check_device(logits: torch.Tensor) -> None:
 def launch_logits_grad(
     logits: torch.Tensor,
     labels: torch.Tensor,
-    lse: torch.Tensor,
+    stats: "RowStats",
     g: torch.Tensor,
     c: torch.Tensor | None,
-    entropy: torch.Tensor | None,
     inv_temp: float,
     ignore_index: int,
     inplace: bool,
     block_size: int | None,
 ) -> torch.Tensor:
-    """Gradient w.r.t. ``logits`` (a unit-vocab-stride [N, V] or [B, T, V] tensor) from per-row g [and c]."""
+    """Gradient w.r.t. ``logits`` (unit vocab stride, [N, V] or [B, T, V]) from the per-row g [and c]."""
     logits, rows, inner, so, si = row_layout(logits)
     vocab = logits.shape[-1]
     dlogits = logits if inplace else torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
@@ -170,15 +205,36 @@ def launch_logits_grad(
         return dlogits
     _, _, _, dso, dsi = row_layout(dlogits)
     use_entropy = c is not None
+    if use_entropy and stats.entropy.numel() != rows:
+        raise RuntimeError("entropy gradient requested but the forward did not compute the entropy")
     cfg = vocab_launch_config(vocab, "bwd", block_size)
     grid = (rows, triton.cdiv(vocab, cfg.block))
     logits_grad_kernel[grid](
-        dlogits, logits, labels, lse, g, c if use_entropy else g, entropy if use_entropy else lse,
+        dlogits, logits, labels, stats.maxz, stats.log_l, stats.logp, g,
+        c if use_entropy else g, stats.entropy if use_entropy else g,
         vocab, inner, so, si, dso, dsi,
         inv_temp, ignore_index,
-        BLOCK=cfg.block, ENTROPY=use_entropy, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        BLOCK=cfg.block, ENTROPY=use_entropy,
+        BF16_RTNE_BY_HAND=interpreter_active() and dlogits.dtype == torch.bfloat16,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return dlogits
+
+
+class RowStats(NamedTuple):
+    """Per-row float32 results of a forward pass (all O(N)); ``entropy`` is empty unless requested."""
+
+    logp: torch.Tensor
+    maxz: torch.Tensor
+    log_l: torch.Tensor
+    entropy: torch.Tensor
+
+
+def empty_row_stats(rows: int, device: torch.device, return_entropy: bool) -> RowStats:
+    def new(n: int) -> torch.Tensor:
+        return torch.empty(n, dtype=torch.float32, device=device)
+
+    return RowStats(new(rows), new(rows), new(rows), new(rows if return_entropy else 0))
 
 
 def launch_logprobs_fwd(
@@ -188,32 +244,29 @@ def launch_logprobs_fwd(
     ignore_index: int,
     return_entropy: bool,
     block_size: int | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logp, LSE, H) per row, float32; H is an empty tensor when not requested."""
+) -> RowStats:
     logits, rows, inner, so, si = row_layout(logits)
     vocab = logits.shape[-1]
-    logp = torch.empty(rows, dtype=torch.float32, device=logits.device)
-    lse = torch.empty(rows, dtype=torch.float32, device=logits.device)
-    ent = torch.empty(rows if return_entropy else 0, dtype=torch.float32, device=logits.device)
+    stats = empty_row_stats(rows, logits.device, return_entropy)
     if rows:
         cfg = vocab_launch_config(vocab, "fwd", block_size)
         _logprobs_fwd_kernel[(rows,)](
-            logits, labels, logp, lse, ent if return_entropy else lse,
+            logits, labels, stats.logp, stats.maxz, stats.log_l, stats.entropy if return_entropy else stats.logp,
             vocab, inner, so, si, inv_temp, ignore_index,
             BLOCK=cfg.block, ENTROPY=return_entropy, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
-    return logp, lse, ent
+    return stats
 
 
 class TokenLogprobsFunction(torch.autograd.Function):
-    """logits -> (logp, H); saves logits (by reference), labels, LSE and H: nothing of size N x V."""
+    """logits -> (logp, H); saves logits (by reference), labels and O(N) row statistics: nothing N x V."""
 
     @staticmethod
     def forward(ctx, logits, labels, temperature, return_entropy, inplace_backward, ignore_index, block_size):
         logits_rows, _, _, _, _ = row_layout(logits)
         inv_temp = 1.0 / temperature
-        logp, lse, ent = launch_logprobs_fwd(logits_rows, labels, inv_temp, ignore_index, return_entropy, block_size)
-        ctx.save_for_backward(logits_rows, labels, lse, ent)
+        stats = launch_logprobs_fwd(logits_rows, labels, inv_temp, ignore_index, return_entropy, block_size)
+        ctx.save_for_backward(logits_rows, labels, *stats)
         ctx.inv_temp = inv_temp
         ctx.return_entropy = return_entropy
         ctx.inplace_backward = inplace_backward
@@ -225,28 +278,33 @@ class TokenLogprobsFunction(torch.autograd.Function):
         if not return_entropy:
             ent_out = torch.zeros(shape, dtype=torch.float32, device=logits.device)
             ctx.mark_non_differentiable(ent_out)
-            return logp.view(shape), ent_out
-        return logp.view(shape), ent.view(shape)
+            return stats.logp.view(shape), ent_out
+        return stats.logp.view(shape), stats.entropy.view(shape)
 
     @staticmethod
     def backward(ctx, dlogp, dent):
-        logits, labels, lse, ent = ctx.saved_tensors
-        if ctx.inplace_backward:
-            if ctx.consumed:
-                raise RuntimeError(
-                    "token_logprobs(inplace_backward=True) already overwrote the logits with their gradient; "
-                    "a second backward through it (retain_graph) is not possible"
-                )
-            ctx.consumed = True
+        logits, labels, *saved = ctx.saved_tensors
+        stats = RowStats(*saved)
+        check_not_consumed(ctx, "token_logprobs")
         rows = labels.numel()
         g = as_float_rows(dlogp, rows, logits.device)
         use_entropy = ctx.return_entropy and dent is not None
         c = as_float_rows(dent, rows, logits.device) if use_entropy else None
         dlogits = launch_logits_grad(
-            logits, labels, lse, g, c, ent if use_entropy else None,
-            ctx.inv_temp, ctx.ignore_index, ctx.inplace_backward, ctx.block_size,
+            logits, labels, stats, g, c, ctx.inv_temp, ctx.ignore_index, ctx.inplace_backward, ctx.block_size
         )
         return dlogits, None, None, None, None, None, None
+
+
+def check_not_consumed(ctx, name: str) -> None:
+    """An in-place backward destroys the logits: a second backward through the graph must fail loudly."""
+    if ctx.inplace_backward:
+        if ctx.consumed:
+            raise RuntimeError(
+                f"{name}(inplace_backward=True) already overwrote the logits with their gradient; "
+                "a second backward through it (retain_graph) is not possible"
+            )
+        ctx.consumed = True
 
 
 def token_logprobs(
