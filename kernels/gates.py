@@ -120,7 +120,8 @@ def maspo_gate(
     d = r - 1.0
     # Official: pi_old^-alpha as exp(-alpha logp_old) (no pow in the interpreter); after the clamp it equals
     # the core's torch.pow(exp(logp_old), -alpha) up to rounding, including pi_old underflowing to 0.
-    mass = tl.minimum(tl.maximum(SIGMA_BASE * tl.exp(-ALPHA * old), SIGMA_BASE), SIGMA_HIGH)
+    # The exponent is capped at 80 (e^80 ~ 5.5e34, finite): the clamp to sigma_high binds long before.
+    mass = tl.minimum(tl.maximum(SIGMA_BASE * tl.exp(tl.minimum(-ALPHA * old, 80.0)), SIGMA_BASE), SIGMA_HIGH)
     k_pos = tl.minimum(tl.maximum(1.0 + BETA_POS * adv, ADV_LOW), ADV_HIGH)
     k_neg = tl.minimum(tl.maximum(1.0 / (1.0 - BETA_NEG * adv), ADV_LOW), ADV_HIGH)
     s_pos = mass * k_pos

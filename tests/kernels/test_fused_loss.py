@@ -1,0 +1,219 @@
+"""fused_policy_loss (logits in, scalar out) against the core composed in float64:
+log_softmax -> gather -> compute_policy_loss, with autograd down to the logits. Tolerances: _helpers.py."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlplugins.kernels import AGG_MODES, aggregate, fused_policy_loss, list_gates
+from rlplugins.losses import agg_loss, compute_policy_loss, get_policy_loss
+
+_spec = importlib.util.spec_from_file_location("_kernel_helpers", pathlib.Path(__file__).with_name("_helpers.py"))
+H = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(H)
+
+# Non-default settings exercising every branch of the gates (dual clip, MASPO paper/bilateral variants).
+CONFIG_OVERRIDES = {
+    "maspo": [{}, {"variant": "paper", "alpha": 0.5}, {"dual_clip": 3.0, "bilateral": True}],
+    "ppo_clip": [{}, {"eps_high": 0.28, "dual_clip": 3.0}],
+    "clip_higher": [{}],
+    "dual_clip": [{}],
+    "sapo": [{}, {"tau_pos": 2.0, "tau_neg": 0.5}],
+    "cispo": [{}, {"eps_low": 1.0, "eps_high": 4.0}],
+    "pg": [{}],
+}
+
+
+@st.composite
+def policy_case(draw):
+    b, t = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    v = draw(st.integers(1, 160))
+    dtype = draw(st.sampled_from(H.DTYPES))
+    name = draw(st.sampled_from(list_gates()))
+    config = get_policy_loss(name).make_config(draw(st.sampled_from(CONFIG_OVERRIDES[name])))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    logits = (torch.randn(b, t, v, generator=g) * draw(st.sampled_from([0.5, 3.0, 10.0]))).to(dtype)
+    labels = torch.randint(0, v, (b, t), generator=g)
+    mask = torch.rand(b, t, generator=g) < 0.75
+    labels[~mask] = -7  # garbage where masked: never read
+    on_policy = draw(st.booleans())
+    # Old log-probs near the current ones (ratios around 1, some clipped).
+    with torch.no_grad():
+        _, lp64, _ = H.ref_logprobs(logits, torch.where(mask, labels, 0), 1.0)
+    old = None if on_policy else (lp64.float() + torch.randn(b, t, generator=g) * 0.3)
+    adv = (torch.randn(b, 1, generator=g) * 2).expand(b, t).contiguous()
+    weights = torch.rand(b, t, generator=g) + 0.5 if draw(st.booleans()) else None
+    return dict(logits=logits, labels=labels, mask=mask, old=old, adv=adv, weights=weights, name=name,
+                config=config, temperature=draw(st.sampled_from([0.5, 1.0, 1.5])),
+                mode=draw(st.sampled_from(AGG_MODES)), entropy_coef=draw(st.sampled_from([0.0, 0.01])),
+                block=draw(st.sampled_from([None, 32])))
+
+
+def _fused(c, inplace=False, scale=1.0):
+    base = c["logits"].clone().requires_grad_()
+    z = base * 1 if inplace else base
+    out = fused_policy_loss(z, c["labels"], c["old"], c["adv"], c["mask"], c["name"], c["config"], c["temperature"],
+                            c["mode"], return_entropy=c["entropy_coef"] > 0, rollout_is_weights=c["weights"],
+                            inplace_backward=inplace, block_size=c["block"])
+    total = out.loss
+    if c["entropy_coef"] > 0:
+        total = total - c["entropy_coef"] * torch.where(c["mask"], out.entropy, 0).sum() / c["mask"].sum().clamp(min=1)
+    (scale * total).backward()
+    return out, total.detach(), base.grad
+
+
+def _reference(c):
+    labels = torch.where(c["mask"], c["labels"], torch.zeros_like(c["labels"]))
+    z64, lp64, ent64 = H.ref_logprobs(c["logits"], labels, c["temperature"])
+    old = lp64.detach() if c["old"] is None else c["old"].double()
+    loss, _ = compute_policy_loss(c["name"], log_prob=lp64, old_log_prob=old, advantages=c["adv"].double(),
+                                  response_mask=c["mask"], loss_agg_mode=c["mode"], config=c["config"],
+                                  rollout_is_weights=None if c["weights"] is None else c["weights"].double())
+    total = loss
+    if c["entropy_coef"] > 0:
+        total = total - c["entropy_coef"] * torch.where(c["mask"], ent64, 0).sum() / c["mask"].sum().clamp(min=1)
+    total.backward()
+    return total.detach(), lp64.detach(), old, z64.grad
+
+
+@settings(max_examples=40)
+@given(policy_case())
+def test_loss_and_dlogits_match_the_core_composed_in_float64(c):
+    out, total, grad = _fused(c)
+    ref_total, lp64, old, ref_grad = _reference(c)
+    assert out.loss.dtype == torch.float32 and out.loss.dim() == 0
+    H.assert_values_close(total, ref_total, 1e-5, "loss")
+    H.assert_values_close(torch.where(c["mask"], out.log_prob, 0), torch.where(c["mask"], lp64, 0), 1e-5, "log_prob")
+    assert grad.dtype == c["logits"].dtype
+    stable = H.stable_grad_rows(c["name"], c["config"], lp64, old, c["adv"].double()) | ~c["mask"]
+    H.assert_grad_close(grad, ref_grad, c["logits"].dtype, rows=stable)
+    assert bool((grad[~c["mask"]] == 0).all()), "masked tokens must get an exactly zero gradient row"
+
+
+@settings(max_examples=10)
+@given(policy_case())
+def test_inplace_backward_and_upstream_scale(c):
+    _, _, grad = _fused(c)
+    _, _, grad_inplace = _fused(c, inplace=True)
+    assert torch.equal(grad, grad_inplace)
+    _, _, grad3 = _fused(c, scale=3.0)
+    _, lp64, old, ref_grad = _reference(c)
+    stable = H.stable_grad_rows(c["name"], c["config"], lp64, old, c["adv"].double()) | ~c["mask"]
+    H.assert_grad_close(grad3, 3.0 * ref_grad, c["logits"].dtype, rows=stable)
+
+
+def test_two_runs_are_bitwise_identical():
+    g = torch.Generator().manual_seed(1)
+    c = dict(logits=torch.randn(2, 3, 97, generator=g).to(torch.bfloat16), labels=torch.randint(0, 97, (2, 3), generator=g),
+             mask=torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool), old=-torch.rand(2, 3, generator=g) * 5,
+             adv=torch.randn(2, 3, generator=g), weights=None, name="maspo",
+             config=get_policy_loss("maspo").make_config(None), temperature=0.8, mode="seq-mean-token-mean",
+             entropy_coef=0.01, block=32)
+    a, b = _fused(c), _fused(c)
+    assert torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+
+
+def test_masked_garbage_never_reaches_loss_or_gradient_and_all_masked_is_zero():
+    logits = torch.randn(2, 3, 50, requires_grad=True)
+    labels = torch.tensor([[1, -100, 10**9], [3, 4, 5]])
+    old = torch.tensor([[-1.0, float("nan"), float("inf")], [-2.0, -1.0, -3.0]])
+    adv = torch.tensor([[1.0, float("nan"), 2.0], [0.5, 0.5, 0.5]])
+    mask = torch.tensor([[True, False, False], [False, False, False]])
+    out = fused_policy_loss(logits, labels, old, adv, mask, "sapo", get_policy_loss("sapo").make_config(None))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and bool(torch.isfinite(logits.grad).all())
+    assert bool((logits.grad[0, 1:] == 0).all()) and bool((logits.grad[1] == 0).all())
+    none = torch.zeros_like(mask)
+    for mode in AGG_MODES:
+        logits.grad = None
+        out = fused_policy_loss(logits, labels, old, adv, none, "pg", None, loss_agg_mode=mode)
+        out.loss.backward()
+        assert float(out.loss.detach()) == 0.0 and bool((logits.grad == 0).all())
+
+
+def test_flat_token_layout_and_on_policy_ratio_one():
+    """[N, V] logits with [N] per-token tensors; old_log_prob=None means ratio 1 (MASPO = PG there)."""
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(9, 40, generator=g)
+    labels = torch.randint(0, 40, (9,), generator=g)
+    mask = torch.ones(9, dtype=torch.bool)
+    adv = torch.randn(9, generator=g)
+    grads = {}
+    for name in ("maspo", "pg"):
+        z = logits.clone().requires_grad_()
+        out = fused_policy_loss(z, labels, None, adv, mask, name, get_policy_loss(name).make_config(None))
+        out.loss.backward()
+        grads[name] = z.grad
+    torch.testing.assert_close(grads["maspo"], grads["pg"], rtol=1e-6, atol=1e-8)
+
+
+@given(st.integers(1, 5), st.integers(1, 6), st.integers(0, 2**31 - 1), st.sampled_from(AGG_MODES))
+def test_aggregate_equals_the_core_agg_loss(b, t, seed, mode):
+    g = torch.Generator().manual_seed(seed)
+    loss = torch.randn(b, t, generator=g, dtype=torch.float64)
+    mask = torch.rand(b, t, generator=g) < 0.6
+    torch.testing.assert_close(aggregate(loss, mask, mode), agg_loss(loss, mask, mode), rtol=1e-12, atol=1e-12)
+
+
+def test_callable_aggregation_carries_global_batch_info():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 4, 30, generator=g, requires_grad=True)
+    labels = torch.randint(0, 30, (2, 4), generator=g)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    old = -torch.rand(2, 4, generator=g)
+    adv = torch.randn(2, 4, generator=g)
+    agg = functools.partial(agg_loss, loss_agg_mode="token-mean", dp_size=4, batch_num_tokens=32)
+    out = fused_policy_loss(logits, labels, old, adv, mask, "pg", None, loss_agg_mode=agg)
+    local = fused_policy_loss(logits, labels, old, adv, mask, "pg", None, loss_agg_mode="token-mean")
+    torch.testing.assert_close(out.loss, local.loss * 8 * 4 / 32)
+
+
+def test_bad_inputs_raise_clear_errors():
+    logits = torch.randn(2, 3, 10)
+    labels = torch.zeros(2, 3, dtype=torch.long)
+    x = torch.zeros(2, 3)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"advantages must have shape \(2, 3\)"):
+        fused_policy_loss(logits, labels, x, x[:, :2], mask, "pg")
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\) at valid"):
+        fused_policy_loss(logits, labels + 10, x, x, mask, "pg")
+    with pytest.raises(ValueError, match="non-finite"):
+        fused_policy_loss(logits, labels, x, x.masked_fill(mask, float("nan")), mask, "pg")
+    with pytest.raises(ValueError, match="loss_agg_mode must be one of"):
+        fused_policy_loss(logits, labels, x, x, mask, "pg", loss_agg_mode="mean")
+    with pytest.raises(ValueError, match="response_mask must be bool or contain only 0 and 1"):
+        fused_policy_loss(logits, labels, x, x, x + 0.5, "pg")
+    with pytest.raises(ValueError, match="seq-mean-token-mean.*needs \\[batch, resp_len\\]"):
+        fused_policy_loss(logits[0], labels[0], x[0], x[0], mask[0], "pg", loss_agg_mode="seq-mean-token-mean")
+    with pytest.raises(ValueError, match="no Triton gate for loss 'gspo'"):
+        fused_policy_loss(logits, labels, x, x, mask, "gspo")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["maspo", "sapo", "ppo_clip"])
+def test_cuda_large_vocab_matches_reference(name):
+    g = torch.Generator(device="cuda").manual_seed(4)
+    b, t, v = 4, 33, 151_936
+    logits = (torch.randn(b, t, v, generator=g, device="cuda") * 3).to(torch.bfloat16)
+    labels = torch.randint(0, v, (b, t), generator=g, device="cuda")
+    mask = torch.rand(b, t, generator=g, device="cuda") < 0.8
+    with torch.no_grad():
+        _, lp64, _ = H.ref_logprobs(logits, labels, 0.9)
+    c = dict(logits=logits, labels=labels, mask=mask, old=lp64.float() + 0.2 * torch.randn(b, t, device="cuda", generator=g),
+             adv=torch.randn(b, 1, device="cuda", generator=g).expand(b, t).contiguous(), weights=None, name=name,
+             config=get_policy_loss(name).make_config(None), temperature=0.9, mode="token-mean", entropy_coef=0.01,
+             block=None)
+    for inplace in (False, True):
+        out, total, grad = _fused(c, inplace=inplace)
+        ref_total, lp, old, ref_grad = _reference(c)
+        H.assert_values_close(total, ref_total, 1e-5, "loss")
+        stable = H.stable_grad_rows(name, c["config"], lp, old, c["adv"].double()) | ~mask
+        H.assert_grad_close(grad, ref_grad, torch.bfloat16, rows=stable)
