@@ -68,8 +68,16 @@ def assert_grad_close(got: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, 
     )
 
 
+def examples(n: int) -> int:
+    """Hypothesis example count for a slow (interpreter) test: ``n`` under the CI profile (60 examples),
+    scaled with the active profile (e.g. 5n under RLP_HYPOTHESIS_PROFILE=dev)."""
+    from hypothesis import settings
+
+    return max(1, n * settings().max_examples // 60)
+
+
 def stable_grad_rows(name: str, config, logp64: torch.Tensor, old: torch.Tensor, adv: torch.Tensor,
-                     delta: float = 1e-4) -> torch.Tensor:
+                     delta: float = 1e-4, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Tokens whose reference d loss / d logp does not jump within +-delta of logp (away from clip kinks).
 
     Near a kink (clip boundary, dual-clip cap, +-20 log-ratio clamp) float32 and float64 evaluations may pick
@@ -79,7 +87,7 @@ def stable_grad_rows(name: str, config, logp64: torch.Tensor, old: torch.Tensor,
 
     def g(lp):
         return token_policy_loss(name, log_prob=lp, old_log_prob=old.to(lp.dtype), advantages=adv.to(lp.dtype),
-                                 config=config).grad_logp
+                                 config=config, response_mask=mask).grad_logp
 
     lp = logp64.detach().to(torch.float64)
     lo, mid, hi = g(lp - delta), g(lp), g(lp + delta)

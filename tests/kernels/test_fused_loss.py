@@ -83,7 +83,7 @@ def _reference(c):
     return total.detach(), lp64.detach(), old, z64.grad
 
 
-@settings(max_examples=40)
+@settings(max_examples=H.examples(40))
 @given(policy_case())
 def test_loss_and_dlogits_match_the_core_composed_in_float64(c):
     out, total, grad = _fused(c)
@@ -97,7 +97,7 @@ def test_loss_and_dlogits_match_the_core_composed_in_float64(c):
     assert bool((grad[~c["mask"]] == 0).all()), "masked tokens must get an exactly zero gradient row"
 
 
-@settings(max_examples=10)
+@settings(max_examples=H.examples(10))
 @given(policy_case())
 def test_inplace_backward_and_upstream_scale(c):
     _, _, grad = _fused(c)

@@ -92,7 +92,7 @@ def _close(got, ref, what, where=None, scale=None):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-@settings(max_examples=25)
+@settings(max_examples=H.examples(25))
 @given(data=st.data())
 def test_gate_matches_core_token_policy_loss(name, data):
     config = data.draw(CONFIGS[name])

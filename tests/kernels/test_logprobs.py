@@ -50,7 +50,7 @@ def _run(logits, labels, temperature, block, entropy=True, inplace=False, gseed=
     return z, logp, ent, up_lp, up_h
 
 
-@settings(max_examples=30)
+@settings(max_examples=H.examples(30))
 @given(logits_case(), st.booleans())
 def test_values_and_gradients_match_float64_reference(case, entropy):
     logits, labels, temperature, block = case
@@ -68,7 +68,7 @@ def test_values_and_gradients_match_float64_reference(case, entropy):
     H.assert_grad_close(z.grad, z64.grad, logits.dtype)
 
 
-@settings(max_examples=30)
+@settings(max_examples=H.examples(30))
 @given(logits_case())
 def test_logp_nonpositive_and_entropy_within_zero_log_v(case):
     logits, labels, temperature, block = case

@@ -1,0 +1,198 @@
+"""Selected-token log-probabilities (and entropy) from logits in pure PyTorch, a few rows at a time.
+
+The torch path of ``backend="auto"`` on machines without Triton/CUDA (and the reference for memory
+behaviour): the same contract and the same O(N) saved state as the Triton kernel ``token_logprobs``, so a
+full float32 ``[N, V]`` log-softmax never exists. Per chunk of rows, in float32:
+
+    x = z / T,  LSE = logsumexp(x),  logp = x_y - LSE,  H = -sum_j p_j log p_j
+    backward: dz_j = [g (delta_jy - p_j) - c p_j (log p_j + H)] / T,   g = dL/dlogp, c = dL/dH
+
+Only ``max z``, ``LSE`` and ``H`` ([N] float32) are saved; the backward recomputes each chunk's softmax. Peak extra
+memory: about two float32 chunks (``chunk_rows x V``) plus the gradient buffer, which ``inplace_backward``
+replaces by the logits buffer itself.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+#: Default size of one float32 chunk: 64 MiB, i.e. ~110 rows at V = 151,936.
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+
+
+def default_chunk_rows(vocab: int) -> int:
+    return max(1, DEFAULT_CHUNK_BYTES // (4 * max(vocab, 1)))
+
+
+def _row_chunks(t: torch.Tensor, chunk_rows: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(row_start, row_end, 2-D view) over the rows of [N, V] or [B, T, V] without copying (a strided
+    [B, T, V] view such as ``logits[:, :-1]`` is walked one batch row at a time)."""
+    if t.dim() == 2:
+        for r0 in range(0, t.shape[0], chunk_rows):
+            r1 = min(r0 + chunk_rows, t.shape[0])
+            yield r0, r1, t[r0:r1]
+        return
+    b, tt, _ = t.shape
+    for i in range(b):
+        for c0 in range(0, tt, chunk_rows):
+            c1 = min(c0 + chunk_rows, tt)
+            yield i * tt + c0, i * tt + c1, t[i, c0:c1]
+
+
+class ChunkedLogprobsFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, labels, temperature, return_entropy, inplace_backward, ignore_index, chunk_rows):
+        rows = labels.numel()
+        inv_temp = 1.0 / temperature
+        valid = labels != ignore_index
+        safe = torch.where(valid, labels, torch.zeros_like(labels))
+        logp = torch.zeros(rows, dtype=torch.float32, device=logits.device)
+        lse = torch.zeros(rows, dtype=torch.float32, device=logits.device)  # LSE - max z / T
+        maxz = torch.zeros(rows, dtype=torch.float32, device=logits.device)
+        ent = torch.zeros(rows if return_entropy else 0, dtype=torch.float32, device=logits.device)
+        with torch.no_grad():
+            for r0, r1, view in _row_chunks(logits, chunk_rows):
+                # copy=True: for float32 logits .to() would alias them and the in-place ops below would corrupt them.
+                x = view.to(torch.float32, copy=True)
+                # Subtract the row max in raw units before scaling by 1/T: z - max is (nearly) exact, so log p
+                # keeps its precision at |z/T| ~ 1e4, where z/T - LSE would lose ~|z/T| * 2**-24.
+                row_max = x.amax(dim=-1)
+                x.sub_(row_max.unsqueeze(-1)).mul_(inv_temp)
+                rel_lse = torch.logsumexp(x, dim=-1)  # in [0, log V]
+                x.sub_(rel_lse.unsqueeze(-1))  # x = log p
+                logp[r0:r1] = x.gather(-1, safe[r0:r1].unsqueeze(-1)).squeeze(-1)
+                maxz[r0:r1] = row_max
+                lse[r0:r1] = rel_lse
+                if return_entropy:
+                    p = x.exp()
+                    # -inf logits: p = 0 and 0 * -inf = NaN, whose true value is 0.
+                    ent[r0:r1] = -p.mul_(x).nan_to_num_(nan=0.0).sum(-1)
+                    del p
+                del x
+        zero = torch.zeros((), dtype=torch.float32, device=logits.device)
+        logp = torch.where(valid, logp, zero)
+        if return_entropy:
+            ent = torch.where(valid, ent, zero)
+        ctx.save_for_backward(logits, labels, logp, maxz, lse, ent)
+        ctx.inv_temp = inv_temp
+        ctx.return_entropy = return_entropy
+        ctx.inplace_backward = inplace_backward
+        ctx.ignore_index = ignore_index
+        ctx.chunk_rows = chunk_rows
+        ctx.consumed = False
+        ctx.set_materialize_grads(False)
+        shape = logits.shape[:-1]
+        if not return_entropy:
+            out = torch.zeros(shape, dtype=torch.float32, device=logits.device)
+            ctx.mark_non_differentiable(out)
+            return logp.view(shape), out
+        return logp.view(shape), ent.view(shape)
+
+    @staticmethod
+    def backward(ctx, dlogp, dent):
+        logits, labels, logp, maxz, lse, ent = ctx.saved_tensors
+        if ctx.inplace_backward:
+            if ctx.consumed:
+                raise RuntimeError("inplace_backward=True already overwrote the logits with their gradient; "
+                                   "a second backward through it (retain_graph) is not possible")
+            ctx.consumed = True
+        rows = labels.numel()
+        dev = logits.device
+        valid = labels != ctx.ignore_index
+        g = torch.zeros(rows, dtype=torch.float32, device=dev) if dlogp is None else dlogp.reshape(-1).float()
+        use_entropy = ctx.return_entropy and dent is not None
+        c = dent.reshape(-1).float() if use_entropy else None
+        zero = torch.zeros((), dtype=torch.float32, device=dev)
+        g = torch.where(valid, g, zero)
+        if use_entropy:
+            c = torch.where(valid, c, zero)
+        safe = torch.where(valid, labels, torch.zeros_like(labels))
+        # 1 - p_y as -expm1(logp_y): exact where p_y -> 1 (1 - exp() would cancel).
+        label_grad = g * -torch.expm1(logp)
+        if use_entropy:
+            p_y = logp.exp()
+            label_grad = label_grad - c * p_y * (logp + ent)
+        out = logits if ctx.inplace_backward else torch.empty_like(logits)
+        with torch.no_grad():
+            for (r0, r1, view), (_, _, out_view) in zip(_row_chunks(logits, ctx.chunk_rows),
+                                                         _row_chunks(out, ctx.chunk_rows)):
+                x = view.to(torch.float32, copy=True).sub_(maxz[r0:r1].unsqueeze(-1))
+                x.mul_(ctx.inv_temp).sub_(lse[r0:r1].unsqueeze(-1))  # log p
+                p = x.exp()
+                if use_entropy:
+                    term = x.add_(ent[r0:r1].unsqueeze(-1)).mul_(p).nan_to_num_(nan=0.0)
+                    term.mul_(c[r0:r1].unsqueeze(-1))
+                    dz = p.mul_(-g[r0:r1].unsqueeze(-1)).sub_(term)
+                else:
+                    dz = p.mul_(-g[r0:r1].unsqueeze(-1))
+                del x
+                dz.scatter_(-1, safe[r0:r1].unsqueeze(-1), label_grad[r0:r1].unsqueeze(-1))
+                dz.mul_(ctx.inv_temp)
+                dz.masked_fill_(~valid[r0:r1].unsqueeze(-1), 0.0)
+                out_view.copy_(dz)
+                del dz, p
+        return out, None, None, None, None, None, None
+
+
+def chunked_token_logprobs(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    inplace_backward: bool = False,
+    *,
+    ignore_index: int = -100,
+    chunk_rows: int | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Pure-torch twin of ``rlplugins.kernels.token_logprobs`` (same arguments, same results and gradients).
+
+    ``logp_t = z_{t,y_t}/T - logsumexp_j(z_{t,j}/T)``; ``H_t = -sum_j p_tj log p_tj``. ``chunk_rows`` rows are
+    processed at a time (default: 64 MiB of float32 per chunk). Returns float32 ``logp`` (and ``entropy``)
+    of shape ``labels.shape``; ignored rows give 0 and a zero gradient row.
+    """
+    check_logits_and_labels(logits, labels, ignore_index)
+    temperature = check_temperature(temperature)
+    if chunk_rows is None:
+        chunk_rows = default_chunk_rows(logits.shape[-1])
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+    flat = labels.reshape(-1).to(torch.int64)
+    logp, ent = ChunkedLogprobsFunction.apply(
+        logits, flat, temperature, bool(return_entropy), bool(inplace_backward), int(ignore_index), chunk_rows
+    )
+    return (logp, ent) if return_entropy else logp
+
+
+def check_logits_and_labels(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dtype not in LOGIT_DTYPES:
+        raise TypeError(f"logits must be float32, bfloat16 or float16, got {logits.dtype}")
+    if logits.dim() not in (2, 3) or logits.shape[-1] < 1:
+        raise ValueError(f"logits must have shape [N, V] or [B, T, V] with V >= 1, got {tuple(logits.shape)}")
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    if tuple(labels.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(f"labels must have shape {tuple(logits.shape[:-1])} (logits.shape[:-1]), got {tuple(labels.shape)}")
+    if labels.device != logits.device:
+        raise ValueError(f"labels is on {labels.device} but logits is on {logits.device}")
+    vocab = logits.shape[-1]
+    bad = ((labels < 0) | (labels >= vocab)) & (labels != ignore_index)
+    if labels.numel() and bool(bad.any()):
+        raise ValueError(f"labels must lie in [0, {vocab}) or equal ignore_index={ignore_index}; "
+                         f"found e.g. {labels[bad][:5].tolist()}")
+
+
+def check_temperature(temperature: float) -> float:
+    if isinstance(temperature, (bool, torch.Tensor)):
+        raise TypeError(f"temperature must be a Python float, got {type(temperature).__name__}")
+    temperature = float(temperature)
+    if not (0.0 < temperature < float("inf")):
+        raise ValueError(f"temperature must be a finite float > 0, got {temperature}")
+    return temperature

@@ -1,0 +1,208 @@
+"""Policy losses and log-probabilities straight from logits, with a backend switch.
+
+    out = policy_loss_from_logits("maspo", logits=..., labels=..., old_log_prob=..., advantages=...,
+                                  response_mask=..., backend="auto")      # out.loss, out.metrics, ...
+
+Backends (none materialises a float32 [tokens x vocab] log-softmax):
+
+- ``"triton"``: the kernels of ``rlplugins.kernels``. Losses with a Triton gate (maspo, ppo_clip,
+  clip_higher, dual_clip, sapo, cispo, pg) run fully fused (``fused_policy_loss``); the others (gspo) take
+  ``token_logprobs`` and this package's torch loss (``compute_policy_loss``). ``fused=False`` forces the latter.
+- ``"torch"``: ``chunked_token_logprobs`` (a few rows at a time) then ``compute_policy_loss``.
+- ``"auto"``: ``"triton"`` for CUDA tensors when Triton is installed, otherwise ``"torch"``.
+
+The gate math is defined once, in this package's per-token losses; the Triton gates are transcriptions
+tested elementwise against them (tests/kernels/test_gates.py). Metrics always come from
+``compute_policy_loss`` on the (detached) log-probs, so they mean the same thing on every backend.
+Triton is imported only when the Triton backend is used.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from typing import Any, Mapping, NamedTuple
+
+import torch
+
+from .aggregation import agg_loss
+from .api import _global_batch_info, compute_policy_loss
+from .checks import as_bool_mask
+from .chunked_logprobs import check_temperature, chunked_token_logprobs
+from .config import PolicyLossConfig
+from .registry import get_policy_loss
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """True when ``triton`` is installed (checked without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map ``"auto"`` to a concrete backend for tensors on ``device``; check an explicit choice is usable."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise ValueError("backend='triton' needs the triton package (pip install 'rlplugins[triton]')")
+        import os
+
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+            raise ValueError(f"backend='triton' needs CUDA tensors (got {device}); use backend='torch' or 'auto' "
+                             f"(or TRITON_INTERPRET=1 to run the kernels in Triton's slow CPU interpreter)")
+    return backend
+
+
+class LogprobsOutput(NamedTuple):
+    """``log_prob``: float32, shape of ``labels`` (0 where ignored). ``entropy``: same, or None."""
+
+    log_prob: torch.Tensor
+    entropy: torch.Tensor | None
+
+
+def logprobs_from_logits(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    ignore_index: int = -100,
+    inplace_backward: bool = False,
+    backend: str = "auto",
+    chunk_rows: int | None = None,
+) -> LogprobsOutput:
+    """``logp = log_softmax(logits / T)[labels]`` (and the entropy), differentiable, never a [N, V] log-softmax.
+
+    ``logits``: [N, V] or [B, T, V], float32/bf16/fp16. ``labels``: integer, ``logits.shape[:-1]``;
+    ``ignore_index`` rows give 0 and a zero gradient. ``inplace_backward`` writes the gradient into
+    ``logits`` (do not reuse them after backward). ``chunk_rows`` sizes the torch path's chunks.
+    """
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    chosen = resolve_backend(backend, logits.device)
+    if chosen == "triton":
+        from rlplugins.kernels import token_logprobs  # lazy: the core imports no Triton at import time
+
+        out = token_logprobs(logits, labels, temperature, return_entropy, inplace_backward, ignore_index=ignore_index)
+    else:
+        out = chunked_token_logprobs(logits, labels, temperature, return_entropy, inplace_backward,
+                                     ignore_index=ignore_index, chunk_rows=chunk_rows)
+    return LogprobsOutput(*out) if return_entropy else LogprobsOutput(out, None)
+
+
+class LogitsPolicyLossOutput(NamedTuple):
+    """``loss``: scalar float32 (differentiable w.r.t. the logits). ``metrics``: as ``compute_policy_loss``.
+    ``log_prob``: [B, T] float32, detached (0 at masked positions). ``entropy``: [B, T] float32, differentiable
+    (add ``-coef * agg(entropy)`` to the loss for an entropy bonus), or None unless ``return_entropy``.
+    ``path``: which implementation ran: ``"triton-fused"``, ``"triton"`` or ``"torch"``."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float]
+    log_prob: torch.Tensor
+    entropy: torch.Tensor | None
+    path: str
+
+
+def policy_loss_from_logits(
+    name: str,
+    *,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    old_log_prob: torch.Tensor | None,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    loss_agg_mode: str = "token-mean",
+    config: PolicyLossConfig | Mapping[str, Any] | None = None,
+    temperature: float = 1.0,
+    rollout_is_weights: torch.Tensor | None = None,
+    global_batch_info: Mapping[str, Any] | None = None,
+    return_entropy: bool = False,
+    inplace_backward: bool = False,
+    backend: str = "auto",
+    fused: bool | None = None,
+    chunk_rows: int | None = None,
+) -> LogitsPolicyLossOutput:
+    """Policy loss ``name`` from logits: ``compute_policy_loss(name, log_prob=log_softmax(logits/T)[labels], ...)``
+    without a [B, T, V] log-softmax.
+
+    ``logits`` [B, T, V] (float32/bf16/fp16; a strided view such as HF's ``logits[:, :-1]`` is read in place
+    by both backends); ``labels``, ``old_log_prob``, ``advantages``, ``response_mask``, ``rollout_is_weights``
+    [B, T] as for ``compute_policy_loss``. Labels are read only where ``response_mask`` is set.
+    ``old_log_prob=None`` is the on-policy case (old = sg(logp), ratio 1). ``backend``: ``"auto"`` |
+    ``"torch"`` | ``"triton"``; ``fused``: None (fused when a Triton gate exists), True (require it), False.
+    """
+    spec = get_policy_loss(name)
+    cfg = spec.make_config(config)
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be [batch, response_len, vocab], got shape {tuple(logits.shape)} "
+                         f"(for flat [N, V] logits use logprobs_from_logits)")
+    if not isinstance(response_mask, torch.Tensor):
+        raise TypeError(f"response_mask must be a torch.Tensor, got {type(response_mask).__name__}")
+    if response_mask.shape != logits.shape[:-1]:
+        raise ValueError(f"response_mask must have shape {tuple(logits.shape[:-1])} (logits.shape[:-1]), "
+                         f"got {tuple(response_mask.shape)}")
+    mask = as_bool_mask("response_mask", response_mask)
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"labels must have shape {tuple(logits.shape[:-1])} (logits.shape[:-1]), got {tuple(labels.shape)}")
+    temperature = check_temperature(temperature)
+    gbi = _global_batch_info(global_batch_info)
+    chosen = resolve_backend(backend, logits.device)
+
+    if chosen == "triton":
+        from rlplugins import kernels  # lazy import
+
+        use_fused = kernels.has_gate(name) if fused is None else fused
+        if use_fused and not kernels.has_gate(name):
+            raise ValueError(f"fused=True but loss {name!r} has no Triton gate; available: {', '.join(kernels.list_gates())}")
+        if use_fused:
+            out = kernels.fused_policy_loss(
+                logits, labels, old_log_prob, advantages, mask, name, cfg, temperature,
+                functools.partial(agg_loss, loss_agg_mode=loss_agg_mode, **gbi), return_entropy,
+                rollout_is_weights=rollout_is_weights, inplace_backward=inplace_backward,
+            )
+            log_prob = out.log_prob.detach()
+            old = log_prob if old_log_prob is None else old_log_prob
+            # Metrics (and the core's input validation, e.g. non-finite log-probs from NaN logits) from the
+            # torch loss on the [B, T] log-probs: O(B T), the same definitions on every backend.
+            _, metrics = compute_policy_loss(
+                name, log_prob=log_prob, old_log_prob=old, advantages=advantages, response_mask=mask,
+                loss_agg_mode=loss_agg_mode, config=cfg, rollout_is_weights=rollout_is_weights,
+                global_batch_info=gbi,
+            )
+            return LogitsPolicyLossOutput(out.loss, metrics, log_prob, out.entropy, "triton-fused")
+    elif fused:
+        raise ValueError("fused=True needs backend='triton' (or 'auto' on CUDA)")
+
+    ignore_index = -100
+    safe_labels = torch.where(mask, labels, torch.full_like(labels, ignore_index))
+    lp = logprobs_from_logits(
+        logits, safe_labels, temperature=temperature, return_entropy=return_entropy, ignore_index=ignore_index,
+        inplace_backward=inplace_backward, backend=chosen, chunk_rows=chunk_rows,
+    )
+    old = lp.log_prob.detach() if old_log_prob is None else old_log_prob
+    loss, metrics = compute_policy_loss(
+        name, log_prob=lp.log_prob, old_log_prob=old, advantages=advantages, response_mask=mask,
+        loss_agg_mode=loss_agg_mode, config=cfg, rollout_is_weights=rollout_is_weights, global_batch_info=gbi,
+    )
+    return LogitsPolicyLossOutput(loss, metrics, lp.log_prob.detach(), lp.entropy, chosen)
+
+
+__all__ = [
+    "BACKENDS",
+    "LogitsPolicyLossOutput",
+    "LogprobsOutput",
+    "chunked_token_logprobs",
+    "logprobs_from_logits",
+    "policy_loss_from_logits",
+    "resolve_backend",
+    "triton_available",
+]
