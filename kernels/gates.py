@@ -109,7 +109,7 @@ def maspo_gate(
 ):
     """MASPO (arXiv 2602.17550): l = -A sg(w) r, dl/dlogp = -A w r, w a Gaussian in (r - 1) of width
     sigma = M(pi_old) k(A) on the quadrants (A>0, r>1) and (A<0, r<1) (all four with BILATERAL).
-    Official variant: M = clamp(sigma_base pi_old^-alpha, sigma_base, sigma_high), k clamped to
+    Official variant: M = clamp(sigma_base / pi_old^alpha, sigma_base, sigma_high), k clamped to
     [adv_low, adv_high], log-ratio clamp 20. Paper variant (PAPER = 1): unclamped, in log space, with the
     core's finiteness guards. Both variants are evaluated and one is selected: the values are detached, so an
     inf in the unselected one cannot reach a gradient."""
@@ -118,16 +118,18 @@ def maspo_gate(
     log_ratio, passes = clamped_log_ratio(logp, old, bound)
     r = tl.exp(log_ratio)
     d = r - 1.0
-    # Official: pi_old^-alpha as exp(-alpha logp_old) (no pow in the interpreter); after the clamp it equals
-    # the core's torch.pow(exp(logp_old), -alpha) up to rounding, including pi_old underflowing to 0.
-    # The exponent is capped at 80 (e^80 ~ 5.5e34, finite): the clamp to sigma_high binds long before.
-    mass = tl.minimum(tl.maximum(SIGMA_BASE * tl.exp(tl.minimum(-ALPHA * old, 80.0)), SIGMA_BASE), SIGMA_HIGH)
+    # Official code's operations in its order: M = clamp(sigma_base / pi_old**alpha), w = exp(-d^2 / 2 / sigma^2).
+    # pi_old**alpha is formed as exp(alpha * logp_old) (Triton has no pow; it also skips a denormal pi_old). It
+    # equals the core's float32 value up to rounding, except where exp(logp_old) underflows (logp_old < -87)
+    # and alpha is so small (< ~0.03) that the sigma_high clamp does not bind; there this value is the exact one.
+    powed = tl.exp(ALPHA * old)
+    mass = tl.minimum(tl.maximum(SIGMA_BASE / powed, SIGMA_BASE), SIGMA_HIGH)
     k_pos = tl.minimum(tl.maximum(1.0 + BETA_POS * adv, ADV_LOW), ADV_HIGH)
     k_neg = tl.minimum(tl.maximum(1.0 / (1.0 - BETA_NEG * adv), ADV_LOW), ADV_HIGH)
     s_pos = mass * k_pos
     s_neg = mass * k_neg
-    w_pos_official = tl.exp(-(d * d) / (2.0 * (s_pos * s_pos)))
-    w_neg_official = tl.exp(-(d * d) / (2.0 * (s_neg * s_neg)))
+    w_pos_official = tl.exp(-(d * d) / 2.0 / (s_pos * s_pos))
+    w_neg_official = tl.exp(-(d * d) / 2.0 / (s_neg * s_neg))
     # Paper: each risk factor only where its quadrant can use it (pole at A = 1/beta_neg elsewhere).
     log_mass = LOG_SIGMA_BASE - ALPHA * old
     kp = tl.where(adv > 0.0, 1.0 + BETA_POS * adv, 1.0)

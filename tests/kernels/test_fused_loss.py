@@ -217,3 +217,27 @@ def test_cuda_large_vocab_matches_reference(name):
         H.assert_values_close(total, ref_total, 1e-5, "loss")
         stable = H.stable_grad_rows(name, c["config"], lp, old, c["adv"].double()) | ~mask
         H.assert_grad_close(grad, ref_grad, torch.bfloat16, rows=stable)
+
+
+@pytest.mark.parametrize("liger_type,name,mode", [("sapo", "sapo", "seq-mean-token-mean"), ("dapo", "ppo_clip", "token-mean")])
+def test_matches_liger_triton_grpo_loss_where_they_share_a_loss(liger_type, name, mode):
+    """Cross-check against the peer (Liger-Kernel's triton_grpo_loss, run under the same interpreter) on the loss
+    types both implement; skipped unless liger-kernel is installed (it is not a dependency)."""
+    liger = pytest.importorskip("liger_kernel.transformers.grpo_loss")
+    g = torch.Generator().manual_seed(5)
+    b, t, v = 2, 3, 60
+    full = torch.randn(b, t + 1, v, generator=g) * 2  # Liger takes HF's [B, L+1, V] and drops the last position
+    ids = torch.randint(0, v, (b, t), generator=g)
+    old = -torch.rand(b, t, generator=g) * 4 - 1
+    adv = torch.randn(b, generator=g)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.float32)
+    z_liger = full.clone().requires_grad_()
+    loss_liger, _ = liger.triton_grpo_loss(z_liger, old, None, ids, adv, mask, temperature=0.9, beta=0.0, eps_low=0.2,
+                                           eps_high=0.2, inplace=False, loss_type=liger_type, reduce=True)
+    loss_liger.backward()
+    z_ours = full.clone().requires_grad_()
+    out = fused_policy_loss(z_ours[:, :-1], ids, old, adv[:, None].expand(b, t).contiguous(), mask.bool(), name,
+                            get_policy_loss(name).make_config(None), 0.9, mode)
+    out.loss.backward()
+    torch.testing.assert_close(out.loss, loss_liger, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(z_ours.grad, z_liger.grad, rtol=1e-4, atol=1e-7)
