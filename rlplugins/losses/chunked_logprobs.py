@@ -61,7 +61,7 @@ class ChunkedLogprobsFunction(torch.autograd.Function):
                 # Subtract the row max in raw units before scaling by 1/T: z - max is (nearly) exact, so log p
                 # keeps its precision at |z/T| ~ 1e4, where z/T - LSE would lose ~|z/T| * 2**-24.
                 row_max = x.amax(dim=-1)
-                x.sub_(row_max.unsqueeze(-1)).mul_(inv_temp)
+                x.sub_(row_max.unsqueeze(-1)).div_(temperature)  # division: no 1/T rounding bias
                 rel_lse = torch.logsumexp(x, dim=-1)  # in [0, log V]
                 x.sub_(rel_lse.unsqueeze(-1))  # x = log p
                 logp[r0:r1] = x.gather(-1, safe[r0:r1].unsqueeze(-1)).squeeze(-1)
@@ -79,6 +79,7 @@ class ChunkedLogprobsFunction(torch.autograd.Function):
             ent = torch.where(valid, ent, zero)
         ctx.save_for_backward(logits, labels, logp, maxz, lse, ent)
         ctx.inv_temp = inv_temp
+        ctx.temperature = temperature
         ctx.return_entropy = return_entropy
         ctx.inplace_backward = inplace_backward
         ctx.ignore_index = ignore_index
@@ -121,7 +122,7 @@ class ChunkedLogprobsFunction(torch.autograd.Function):
             for (r0, r1, view), (_, _, out_view) in zip(_row_chunks(logits, ctx.chunk_rows),
                                                          _row_chunks(out, ctx.chunk_rows)):
                 x = view.to(torch.float32, copy=True).sub_(maxz[r0:r1].unsqueeze(-1))
-                x.mul_(ctx.inv_temp).sub_(lse[r0:r1].unsqueeze(-1))  # log p
+                x.div_(ctx.temperature).sub_(lse[r0:r1].unsqueeze(-1))  # log p
                 p = x.exp()
                 if use_entropy:
                     term = x.add_(ent[r0:r1].unsqueeze(-1)).mul_(p).nan_to_num_(nan=0.0)
