@@ -460,7 +460,8 @@ def plot(payload: dict, path: str) -> None:
     ax.set_xticklabels([f"N={n}\nV={v}" for n, v in shapes])
     ax.set_yscale("log")
     ax.set_ylabel("forward + backward, ms (median, log scale)")
-    ax.set_title(f"{loss}: time, {payload['device']}")
+    threads = f", {payload['cpu_threads']} thread(s)" if payload.get("cpu_threads") else ""
+    ax.set_title(f"{loss} loss, forward + backward: {payload['device']}{threads}")
     ax.legend(fontsize=8)
     ax = axes[1]
     if mem:
@@ -468,7 +469,8 @@ def plot(payload: dict, path: str) -> None:
         ratios = [m["peak_extra_bytes"] / m["logits_bytes"] for m in mem if "peak_extra_bytes" in m]
         colors = ["tab:red" if m["provider"] in ("torch-eager", "torch-compile") else "tab:green"
                   for m in mem if "peak_extra_bytes" in m]
-        ax.bar(range(len(ratios)), ratios, color=colors)
+        bars = ax.bar(range(len(ratios)), ratios, color=colors)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
         ax.set_xticks(range(len(ratios)))
         ax.set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
         vocab = mem[0]["vocab"]
@@ -477,7 +479,8 @@ def plot(payload: dict, path: str) -> None:
         mres = [r for r in res if r.get("peak_extra_bytes") is not None and r["loss"] == loss]
         big = max(mres, key=lambda r: (r["tokens"], r["vocab"]), default=None)
         sel = [r for r in mres if big and (r["tokens"], r["vocab"]) == (big["tokens"], big["vocab"])]
-        ax.bar(range(len(sel)), [r["peak_extra_bytes"] / r["logits_bytes"] for r in sel])
+        bars = ax.bar(range(len(sel)), [r["peak_extra_bytes"] / r["logits_bytes"] for r in sel])
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
         ax.set_xticks(range(len(sel)))
         ax.set_xticklabels([r["provider"] for r in sel], fontsize=7, rotation=30, ha="right")
         if big:
@@ -513,8 +516,14 @@ def main(argv: list[str] | None = None) -> int:
                         "OpenMP threads that wait for busy cores make every op ~100x slower)")
     parser.add_argument("--tag", help="output file suffix (default: the device name)")
     parser.add_argument("--out", default=RESULTS_DIR)
+    parser.add_argument("--replot", metavar="JSON", help="redraw the PNG of an existing result file and exit")
     parser.add_argument("--_memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.replot:
+        with open(args.replot) as f:
+            plot(json.load(f), os.path.splitext(args.replot)[0] + ".png")
+        return 0
 
     if args._memory_child:
         provider, name, tokens, vocab = args._memory_child
