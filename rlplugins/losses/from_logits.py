@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from typing import Any, Mapping, NamedTuple
 
 import torch
@@ -50,8 +51,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "triton":
         if not triton_available():
             raise ValueError("backend='triton' needs the triton package (pip install 'rlplugins[triton]')")
-        import os
-
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
             raise ValueError(f"backend='triton' needs CUDA tensors (got {device}); use backend='torch' or 'auto' "
                              f"(or TRITON_INTERPRET=1 to run the kernels in Triton's slow CPU interpreter)")
