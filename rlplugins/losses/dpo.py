@@ -128,6 +128,17 @@ def dpo_loss(
 
     h_w = pc - rc
     h_l = pr - rr
+    raw_w, raw_l = h_w.detach(), h_l.detach()
+    w = None
+    if weights is not None:
+        w = _check_vector("weights", weights, n).detach().to(device=pc.device, dtype=dtype)
+        if w.numel() and not bool(torch.all(torch.isfinite(w) & (w >= 0))):
+            raise ValueError("weights must be finite and >= 0")
+        # Zero the inputs of zero-weight pairs *before* the loss: masking only the output would still propagate
+        # 0 * NaN = NaN gradients from a dropped pair with non-finite log-probs.
+        keep = w > 0
+        h_w = torch.where(keep, h_w, torch.zeros_like(h_w))
+        h_l = torch.where(keep, h_l, torch.zeros_like(h_l))
     if config.loss_type == "ipo":
         if config.ipo_length_normalize:
             if chosen_lengths is None or rejected_lengths is None:
@@ -152,14 +163,9 @@ def dpo_loss(
         else:
             losses = F.relu(1.0 - delta)
 
-    if weights is not None:
-        w = _check_vector("weights", weights, n).detach().to(device=pc.device, dtype=dtype)
-        if w.numel() and not bool(torch.all(torch.isfinite(w) & (w >= 0))):
-            raise ValueError("weights must be finite and >= 0")
+    if w is not None:
         total = w.sum()
-        # Multiply rather than index so that a zero-weight (possibly non-finite) loss cannot leak a NaN gradient.
-        weighted = torch.where(w > 0, losses, torch.zeros_like(losses)) * w
-        loss = weighted.sum() / total.clamp(min=torch.finfo(dtype).tiny)
+        loss = (losses * w).sum() / total.clamp(min=torch.finfo(dtype).tiny)
         loss = torch.where(total > 0, loss, torch.zeros_like(loss))
     elif n == 0:
         loss = losses.sum()
@@ -167,8 +173,9 @@ def dpo_loss(
         loss = losses.mean()
 
     with torch.no_grad():
-        chosen_rewards = beta * h_w.detach()
-        rejected_rewards = beta * h_l.detach()
+        # Rewards of every pair, including zero-weight ones, so that accuracy keeps its usual meaning.
+        chosen_rewards = beta * raw_w
+        rejected_rewards = beta * raw_l
         margins = chosen_rewards - rejected_rewards
         accuracy = float((margins > 0).to(dtype).mean()) if n else math.nan
         metrics = {
