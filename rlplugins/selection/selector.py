@@ -108,8 +108,8 @@ class SageSelector(PairSelector):
             if self._schedule:
                 self._rebuild_schedule_pool()
             return self._pool.clone()
-        if self._step < self._warmup_end:
-            return None
+        if self._step < self._warmup_end or self._online_batch is not None:
+            return None  # warm-up, or this step's candidates were already scored and selected
         if self._schedule:
             self._rebuild_schedule_pool()
         return self._draw_candidates()
@@ -269,8 +269,7 @@ class SageSelector(PairSelector):
 
     def _select_pool(self) -> None:
         pool = self._pool
-        n_nominal = math.ceil(self.config.selection_ratio * pool.numel())
-        chosen, stats = self._choose(pool, n_nominal)
+        chosen, stats = self._choose(pool, self._nominal_size())
         # The working set shrinks to the eligible pairs rather than being padded with unstable ones; the fallback
         # only tops it up to one batch (docs/selection-api.md §6).
         fill = self._fallback(chosen, self.batch_size - chosen.numel(), pool)

@@ -9,6 +9,8 @@ two observations, or a variance over the last K observations above ``tau_v``. Wh
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -37,15 +39,17 @@ def temporal_unstable(
     if n == 0 or k < 2:
         return unstable
     finite = torch.isfinite(h)
-    pos = torch.arange(k).expand(n, k)
-    last_idx = torch.where(finite, pos, torch.full_like(pos, -1)).max(dim=1).values
-    others = finite & (pos != last_idx.unsqueeze(1))
-    prev_idx = torch.where(others, pos, torch.full_like(pos, -1)).max(dim=1).values
     if sign_consistency:
-        has_two = prev_idx >= 0
-        a = h.gather(1, last_idx.clamp(min=0).unsqueeze(1)).squeeze(1)
-        b = h.gather(1, prev_idx.clamp(min=0).unsqueeze(1)).squeeze(1)
-        unstable |= has_two & (a * b < 0)
+        # newest (a) and second-newest (b) finite entries; K is small, so loop over columns, vectorised over rows
+        nan = torch.full((n,), math.nan, dtype=torch.float64)
+        a, b = nan.clone(), nan.clone()
+        for j in range(k - 1, -1, -1):
+            col, f = h[:, j], finite[:, j]
+            have_a = torch.isfinite(a)
+            take_b = f & have_a & ~torch.isfinite(b)
+            b = torch.where(take_b, col, b)
+            a = torch.where(f & ~have_a, col, a)
+        unstable |= torch.isfinite(a) & torch.isfinite(b) & (a * b < 0)
     if variance_threshold is not None:
         count = finite.sum(dim=1)
         hz = torch.where(finite, h, torch.zeros_like(h))
