@@ -338,6 +338,7 @@ def _result(args, cfg, losses, seeds, runs, wall, workers) -> dict[str, Any]:
             if cfg.minibatches * cfg.epochs > 1 else None,
             "summary": r["summary"],
             "wall_s": round(r["wall_s"], 3),
+            "cpu_s": round(r["cpu_s"], 3),
         })
     return {
         "schema": SCHEMA,
@@ -363,6 +364,9 @@ def _result(args, cfg, losses, seeds, runs, wall, workers) -> dict[str, Any]:
         "table": format_table(summary, args.threshold),
         "runs": json_runs,
         "wall_s": round(wall, 2),
+        # Training CPU time summed over runs (excludes interpreter start-up and imports); on an idle machine the
+        # wall time is about this divided by the number of workers.
+        "cpu_s": round(sum(r["cpu_s"] for r in runs), 2),
         "threads": max(1, args.threads),
         "workers": workers,
     }
@@ -402,5 +406,6 @@ def main(args: argparse.Namespace) -> int:
     print(result["table"])
     print()
     paths = write_outputs(result, Path(args.out_dir), make_plot=not args.no_plot)
-    print(f"Wall time {result['wall_s']:.1f} s. Wrote " + ", ".join(str(p.resolve()) for p in paths))
+    print(f"Wall time {result['wall_s']:.1f} s ({result['cpu_s']:.0f} CPU-s of training over {result['workers']} "
+          f"worker(s)). Wrote " + ", ".join(str(p.resolve()) for p in paths))
     return 0

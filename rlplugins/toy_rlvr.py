@@ -211,7 +211,7 @@ def train(
     # The same metrics over the off-policy mini-batches only (index >= 1); the first one has ratio 1.
     offpolicy_metrics: dict[str, list[float]] = {k: [] for k in LOSS_METRICS}
     first_mb_kl: list[float] = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for step in range(1, cfg.steps + 1):
         prompts, lengths = task.sample_prompts(cfg.prompts_per_step, prompt_gen)
         prompts = prompts.repeat_interleave(cfg.group_size, dim=0)  # groups contiguous
@@ -267,5 +267,6 @@ def train(
         "final_eval_by_length": evaluate(policy, ev_prompts, ev_lengths, by_length=True),
         "num_params": sum(p.numel() for p in policy.parameters()),
         "wall_s": time.perf_counter() - t0,
+        "cpu_s": time.process_time() - c0,  # this process's CPU time: comparable across machine loads
         "policy": policy,
     }
