@@ -7,6 +7,7 @@
 from .advantages import grpo_advantages
 from .aggregation import AGG_MODES, agg_loss
 from .api import METRIC_KEYS, compute_policy_loss, token_policy_loss
+from .dpo import DPO_LOSS_TYPES, DPOConfig, DPOLossOutput, dpo_loss
 from .config import (
     CispoConfig,
     ClipHigherConfig,
@@ -29,6 +30,9 @@ __all__ = [
     "METRIC_KEYS",
     "CispoConfig",
     "ClipHigherConfig",
+    "DPO_LOSS_TYPES",
+    "DPOConfig",
+    "DPOLossOutput",
     "DualClipConfig",
     "GspoConfig",
     "MaspoConfig",
@@ -40,6 +44,7 @@ __all__ = [
     "TokenLoss",
     "agg_loss",
     "compute_policy_loss",
+    "dpo_loss",
     "get_policy_loss",
     "grpo_advantages",
     "list_policy_losses",
