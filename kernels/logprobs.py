@@ -53,43 +53,60 @@ def row_offset(row, INNER, STRIDE_OUTER, STRIDE_INNER):
 
 
 @triton.jit
+def log1p(x):
+    """log(1 + x) for x >= 0, accurate for small x (Goldberg's trick; the interpreter has no log1p)."""
+    u = 1.0 + x
+    return tl.where(u == 1.0, x, tl.log(u) * (x / tl.where(u == 1.0, 1.0, u - 1.0)))
+
+
+@triton.jit
 def row_softmax_stats(row_ptr, V, inv_temp, BLOCK: tl.constexpr, ENTROPY: tl.constexpr):
     """One streaming pass over a row of raw logits z: returns (m, log_l, H) with
 
-        m = max_j z_j (raw units),  l = sum_j exp((z_j - m)/T) >= 1,  H = log l - sum_j e_j d_j / l,
+        m = max_j z_j (raw units),  l = sum_j exp((z_j - m)/T) = 1 + r,  H = log l - sum_j e_j d_j / l,
 
-    where d_j = (z_j - m)/T <= 0 and e_j = exp(d_j) (H = 0 when ENTROPY is off).
+    where d_j = (z_j - m)/T <= 0, e_j = exp(d_j) and r = the sum without (one occurrence of) the max, whose
+    term is exactly 1 (H = 0 when ENTROPY is off).
 
-    Precision: the max is kept in raw units and every exponent is formed as (z_j - m) * (1/T). z_j - m is
+    Precision: (1) the max is kept in raw units and every exponent is formed as (z_j - m) * (1/T); z_j - m is
     exact or nearly (Sterbenz), so exp(d_j) is accurate even for |z| ~ 1e4 with T < 1, where the usual
-    exp(z_j/T - LSE) loses ~|z/T| * 2**-24 absolute in its argument (2e-3 at z/T = 4e4). Keeping the entropy
-    sum relative to the max likewise avoids cancelling two ~|z/T|-sized numbers."""
+    exp(z_j/T - LSE) loses ~|z/T| * 2**-24 absolute in its argument (2e-3 at z/T = 4e4). (2) log l is
+    log1p(r): for a confident row (p_max -> 1, the common case for sampled tokens) log(1 + r) would round r
+    to float32's 6e-8 steps around 1, and 1 - p_y = -expm1(logp_y) (the label's gradient) with it.
+    (3) The entropy sum is kept relative to the max: no cancellation between two ~|z/T|-sized numbers."""
     m = _NEG_BIG
-    l = 0.0
+    r = 0.0
     s = 0.0
     for start in tl.range(0, V, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         z = tl.load(row_ptr + cols, mask=cols < V, other=-float("inf")).to(tl.float32)
-        m_new = tl.maximum(m, tl.max(z, axis=0))
+        block_max = tl.max(z, axis=0)
+        m_new = tl.maximum(m, block_max)
         # <= 0; bounded before scaling so that the sentinel never overflows to -inf (exp() gives 0 either way).
         shift = tl.maximum(m - m_new, -1.0e30) * inv_temp
         alpha = tl.exp(shift)
         d = (z - m_new) * inv_temp
         e = tl.exp(d)
+        at_max = d == 0.0  # exactly the elements equal to the (new) running max
+        part = tl.sum(tl.where(at_max, 0.0, e), axis=0)
+        n_max = tl.sum(at_max.to(tl.float32), axis=0)
+        had_max = m > _NEG_BIG  # False until the first finite logit
+        l_old = r + tl.where(had_max, 1.0, 0.0)
         if ENTROPY:
-            # Padding and -inf logits have e = 0: take 0, not 0 * -inf; l = 0 before the first finite logit.
-            s = alpha * (s + tl.where(l > 0.0, shift * l, 0.0)) + tl.sum(e * tl.where(e > 0.0, d, 0.0), axis=0)
-        l = alpha * l + tl.sum(e, axis=0)
+            # Padding and -inf logits have e = 0: take 0, not 0 * -inf; l_old = 0 before the first finite logit.
+            s = alpha * (s + tl.where(l_old > 0.0, shift * l_old, 0.0)) + tl.sum(e * tl.where(e > 0.0, d, 0.0), axis=0)
+        # A new max: the old terms (old max included) scale by alpha, and one new max element leaves r.
+        r = tl.where(block_max > m, alpha * l_old + part + (n_max - 1.0), r + part + n_max)
         m = m_new
-    log_l = tl.log(l)
-    return m, log_l, log_l - s / l
+    log_l = log1p(r)
+    return m, log_l, log_l - s / (1.0 + r)
 
 
 @triton.jit
 def row_label_logprob(row_ptr, label, V, inv_temp, m, log_l):
-    """logp_y = (z_y - m)/T - log l: <= 0 exactly, since z_y <= m and l >= 1 (the block holding the max adds
-    exp(0) = 1, later blocks only add). An out-of-range label gives NaN, never an out-of-bounds read (the
-    Python wrappers reject such labels before launching)."""
+    """logp_y = (z_y - m)/T - log l: <= 0 exactly, since z_y <= m and log l = log1p(r) >= 0 (r is a sum of
+    non-negative terms). An out-of-range label gives NaN, never an out-of-bounds read (the Python wrappers
+    reject such labels before launching)."""
     in_range = (label >= 0) & (label < V)
     z_y = tl.load(row_ptr + label, mask=in_range, other=float("nan")).to(tl.float32)
     return (z_y - m) * inv_temp - log_l

@@ -60,9 +60,14 @@ class ChunkedLogprobsFunction(torch.autograd.Function):
                 x = view.to(torch.float32, copy=True)
                 # Subtract the row max in raw units before scaling by 1/T: z - max is (nearly) exact, so log p
                 # keeps its precision at |z/T| ~ 1e4, where z/T - LSE would lose ~|z/T| * 2**-24.
-                row_max = x.amax(dim=-1)
+                row_max, arg_max = x.max(dim=-1)
                 x.sub_(row_max.unsqueeze(-1)).div_(temperature)  # division: no 1/T rounding bias
-                rel_lse = torch.logsumexp(x, dim=-1)  # in [0, log V]
+                # LSE - max/T = log1p(sum of the other terms): the max's term is exactly 1, and log(1 + r) would
+                # round r to float32 steps of 6e-8 for confident rows (p_max -> 1), and 1 - p_y with it.
+                e = x.exp()
+                e.scatter_(-1, arg_max.unsqueeze(-1), 0.0)
+                rel_lse = torch.log1p(e.sum(dim=-1))  # in [0, log V]
+                del e
                 x.sub_(rel_lse.unsqueeze(-1))  # x = log p
                 logp[r0:r1] = x.gather(-1, safe[r0:r1].unsqueeze(-1)).squeeze(-1)
                 maxz[r0:r1] = row_max

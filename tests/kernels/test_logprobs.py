@@ -307,3 +307,23 @@ def test_cuda_inplace_backward_saves_one_logits_buffer():
         hidden.grad = None
     assert peaks[False] - peaks[True] > 0.9 * logits_bytes
     assert peaks[True] < 1.1 * logits_bytes + 64 * n * 2 * 4
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_confident_rows_keep_float32_gradient_precision(backend):
+    """p_y -> 1 (most sampled tokens): 1 - p_y and log l = log1p(...) must not round to float32 steps around 1.
+    A naive log(l) / 1 - exp(logp) gives ~1e-3 relative error on the label's gradient here."""
+    from rlplugins.losses.chunked_logprobs import chunked_token_logprobs
+
+    fn = token_logprobs if backend == "triton" else chunked_token_logprobs
+    g = torch.Generator().manual_seed(12)
+    logits = torch.randn(3, 50, generator=g) * 0.5
+    labels = torch.tensor([7, 0, 49])
+    logits[torch.arange(3), labels] += torch.tensor([3.0, 4.0, 5.0])  # 1 - p_y ~ 2e-3, 8e-5, 3e-6 at T = 0.3
+    z = logits.clone().requires_grad_()
+    logp = fn(z, labels, 0.3)
+    logp.sum().backward()
+    z64, logp64, _ = H.ref_logprobs(logits, labels, 0.3)
+    logp64.sum().backward()
+    torch.testing.assert_close(logp.double(), logp64, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(z.grad.double(), z64.grad, rtol=1e-5, atol=1e-12)
