@@ -25,8 +25,8 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, *, eps: float = 1e-6
         grouped = rewards
     else:
         raise ValueError(f"rewards must be [P*G] or [P, G={group_size}], got shape {tuple(shape)}")
-    if group_size == 1:
-        return rewards.clone()
+    if group_size == 1:  # veRL: mean 0, std 1
+        return rewards / (1.0 + eps) if normalize_std else rewards.clone()
     mean = grouped.mean(dim=1, keepdim=True)
     centred = grouped - mean
     if normalize_std:

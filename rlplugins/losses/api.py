@@ -29,8 +29,10 @@ METRIC_KEYS = {
     "eff_weight_mean": "mean |dl/dlogp| / |A| over valid tokens with A != 0 (MASPO: w * r)",
     "quad_pos_frac": "share of valid tokens with A > 0 and r > 1 (MASPO's positive gated quadrant)",
     "quad_neg_frac": "share of valid tokens with A < 0 and r < 1 (MASPO's negative gated quadrant)",
-    "pg_clipfrac": "share of valid tokens the loss clipped (its own clip; 0 for soft gates)",
-    "pg_clipfrac_lower": "share of valid tokens bounded by the dual clip (0 when off)",
+    "pg_clipfrac": "share of valid tokens the loss clipped (its own clip; 0 for sapo/pg). maspo: as the official code, "
+                   "the share PPO eps=0.2 would clip (diagnostic, not applied)",
+    "pg_clipfrac_lower": "share of valid tokens bounded by the dual clip (0 when off). maspo without dual_clip: the "
+                         "share with A<0 and r>3 (diagnostic, as the official code)",
     "valid_tokens": "number of valid tokens in this call",
     "nonfinite_tokens": "valid tokens dropped because an input was not finite (on_nonfinite='mask')",
 }

@@ -29,6 +29,9 @@ from .token_loss import LOG_RATIO_CLAMP, TokenLoss, apply_dual_clip, clamped_log
 # and sigma <= e^60 keeps (rho - 1) / sigma finite. Neither binds for realistic inputs.
 PAPER_LOG_RATIO_GUARD = 50.0
 PAPER_LOG_SIGMA_GUARD = 60.0
+# Bounds of the official code's diagnostic clip fractions (logged, never applied, in maspo mode).
+PPO_DIAGNOSTIC_EPS = 0.2
+PPO_DIAGNOSTIC_DUAL_CLIP = 3.0
 
 
 def maspo_widths(
@@ -37,12 +40,12 @@ def maspo_widths(
     """Gate widths ``(sigma_pos, sigma_neg)`` per token (detached inputs, no gradient)."""
     c = config
     if c.variant == "official":
-        # Step by step as in the official code, so that rounding matches.
-        pi_old = torch.exp(old_log_prob)
-        mass = torch.clamp(c.sigma_base * torch.pow(pi_old, -c.alpha), min=c.sigma_base, max=c.sigma_high)
-        k_pos = torch.clamp(1.0 + c.beta_pos * advantages, min=c.adv_low, max=c.adv_high)
-        k_neg = torch.clamp(1.0 / (1.0 - c.beta_neg * advantages), min=c.adv_low, max=c.adv_high)
-        return mass * k_pos, mass * k_neg
+        # The official code's operations in its order (core_algos.py, ratio_mode maspo), so rounding matches.
+        old_prob = torch.exp(old_log_prob)
+        mass = torch.clamp(c.sigma_base / old_prob**c.alpha, c.sigma_base, c.sigma_high)
+        sigma_neg = mass * torch.clamp(1 / (1 - c.beta_neg * advantages), c.adv_low, c.adv_high)
+        sigma_pos = mass * torch.clamp(1 + c.beta_pos * advantages, c.adv_low, c.adv_high)
+        return sigma_pos, sigma_neg
     # Paper form in log space. Each risk factor is evaluated only where its quadrant can use it: elsewhere
     # the raw factor can be 0, negative or infinite (pole at A = 1/beta_neg), and a NaN in an unselected
     # branch would still poison the gradient.
@@ -63,8 +66,8 @@ def maspo_gate(
         r = ratio.detach()
         sigma_pos, sigma_neg = maspo_widths(old_log_prob, advantages, config)
         if config.variant == "official":
-            w_pos = torch.exp(-((r - 1) ** 2) / (2 * sigma_pos**2))
-            w_neg = torch.exp(-((r - 1) ** 2) / (2 * sigma_neg**2))
+            w_pos = torch.exp(-((r - 1) ** 2) / 2 / sigma_pos**2)
+            w_neg = torch.exp(-((r - 1) ** 2) / 2 / sigma_neg**2)
         else:  # divide before squaring: sigma may be huge
             w_pos = torch.exp(-0.5 * ((r - 1) / sigma_pos) ** 2)
             w_neg = torch.exp(-0.5 * ((r - 1) / sigma_neg) ** 2)
@@ -89,9 +92,14 @@ def maspo_token_loss(
     log_ratio, passes = clamped_log_ratio(log_prob, old_log_prob, bound)
     ratio = torch.exp(log_ratio)
     w = maspo_gate(ratio, old_log_prob, advantages, config)
-    loss = -advantages * (w * ratio)
+    loss = -advantages * (w * ratio)  # w is exactly 1 outside the quadrants, so this is -A * r there, bit for bit
     with torch.no_grad():
         r = ratio.detach()
         grad = torch.where(passes, -advantages * w * r, torch.zeros_like(r))
+        # The official code logs PPO's eps = 0.2 and c = 3 clip fractions in maspo mode without applying them;
+        # we report the same diagnostics so dashboards stay comparable.
+        ppo_would_clip = ((r < 1 - PPO_DIAGNOSTIC_EPS) & (advantages < 0)) | ((r > 1 + PPO_DIAGNOSTIC_EPS) & (advantages > 0))
+        dual_would_clip = (r > PPO_DIAGNOSTIC_DUAL_CLIP) & (advantages < 0)
     loss, grad, w, hit = apply_dual_clip(loss, advantages, grad, w, config.dual_clip)
-    return TokenLoss(loss=loss, grad_logp=grad, gate=w, ratio=ratio.detach(), clipped_lower=hit)
+    return TokenLoss(loss=loss, grad_logp=grad, gate=w, ratio=r, clipped=ppo_would_clip,
+                     clipped_lower=hit if hit is not None else dual_would_clip)
