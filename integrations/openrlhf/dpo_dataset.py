@@ -27,6 +27,7 @@ def reward_dataset_with_column(column: str) -> type:
             super().__init__(dataset, *args, **kwargs)
             self.rlplugins_columns = list(dataset.column_names)
             self.rlplugins_difficulty = None
+            self.rlplugins_difficulty_column = column
             if column not in dataset.column_names:
                 return  # e.g. an eval set without the column; the trainer reports it if the train set lacks it
             marked = dataset.map(

@@ -154,6 +154,8 @@ class SageDPOTrainer(DPOTrainer):
         if key is None:
             return None
         values = getattr(dataset, "rlplugins_difficulty", None)
+        if getattr(dataset, "rlplugins_difficulty_column", None) != key:
+            values = None
         if values is None:
             columns = getattr(dataset, "rlplugins_columns", None)
             where = f" (columns: {', '.join(columns)})" if columns else ""

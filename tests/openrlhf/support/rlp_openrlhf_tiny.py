@@ -105,3 +105,24 @@ class CPUStrategy:
 
     def print(self, *args: Any) -> None:
         pass
+
+    def save_ckpt(self, *args: Any, **kwargs: Any) -> None:
+        self.saved_checkpoints = getattr(self, "saved_checkpoints", 0) + 1
+
+
+def dpo_args(ckpt_path: str, **overrides) -> SimpleNamespace:
+    """The fields OpenRLHF's DPOTrainer and RewardDataset read, as its CLI would produce them."""
+    flat = {
+        "model.beta": 0.1, "model.label_smoothing": 0.0, "model.ipo_enable": False, "model.aux_loss_coef": 0.0,
+        "model.nll_loss_coef": 0.0,
+        "ds.packing_samples": False, "ds.zero_stage": 2,
+        "logger.wandb.key": None, "logger.tensorboard_dir": None, "logger.logging_steps": 1,
+        "eval.steps": -1,
+        "ckpt.save_steps": -1, "ckpt.path": ckpt_path, "ckpt.max_num": 1, "ckpt.max_mem": 1000,
+        "ckpt.load_enable": False,
+        "train.batch_size": 4, "train.micro_batch_size": 2, "train.seed": 0, "train.max_epochs": 2,
+        "data.dataloader_num_workers": 0, "data.prompt_key": "prompt", "data.chosen_key": "chosen",
+        "data.rejected_key": "rejected", "data.apply_chat_template": False, "data.max_len": 64,
+    }
+    flat.update(overrides)
+    return namespace(flat)
