@@ -6,6 +6,8 @@ train() itself needs GPUs (PPO) or a DeepSpeed launch (DPO): the tests stop at i
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 import pytest
@@ -168,3 +170,23 @@ def test_help_lists_our_flags(cli, capsys):
         train_dpo.main(["--help"])
     out = capsys.readouterr().out
     assert "--sage.selection_ratio" in out and "--selector {sage," in out and "--model.beta" in out
+
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "openrlhf")
+
+
+def example_args(script: str) -> list[str]:
+    proc = subprocess.run(["bash", os.path.join(EXAMPLES, script)], env={**os.environ, "DRY_RUN": "1"},
+                          capture_output=True, check=True)
+    return proc.stdout.decode().split("\0")[:-1]
+
+
+@pytest.mark.parametrize("script,loss", [("train_grpo_maspo.sh", "maspo"), ("train_grpo_sapo.sh", "sapo")])
+def test_ppo_examples_parse(cli, script, loss):
+    args = cli(train_ppo_ray.main, example_args(script))
+    assert args.actor.policy_loss_type == loss and args.rlplugins.policy_loss == loss
+
+
+def test_dpo_example_parses(cli):
+    args = cli(train_dpo.main, example_args("train_dpo_sage.sh"))
+    assert args.rlplugins_selection.name == "sage" and args.rlplugins_selection.pass_rate_key == "pass_rate"
