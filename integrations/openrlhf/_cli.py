@@ -13,7 +13,7 @@ from __future__ import annotations
 import runpy
 import sys
 from types import SimpleNamespace
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 PostHook = Callable[[SimpleNamespace], None]
 
@@ -40,7 +40,7 @@ def run_openrlhf_cli(module: str, argv: Sequence[str]) -> None:
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
-def fail(prog: str, message: str) -> "NoReturn":  # noqa: F821
+def fail(prog: str, message: str) -> NoReturn:
     """Exit like argparse does on a bad flag: usage line, message, status 2."""
     print(f"usage: python -m {prog} [OpenRLHF flags] [rlplugins flags]\n{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
