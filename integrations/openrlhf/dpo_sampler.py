@@ -17,13 +17,13 @@ from typing import Any, Iterator
 
 import torch
 
-from rlplugins.selection import PairSelector, SageSampler
-
 from .version import check_openrlhf_version
 
 check_openrlhf_version()
 
 from openrlhf.utils.distributed_sampler import DistributedSampler  # noqa: E402
+
+from rlplugins.selection import PairSelector, SageSampler  # noqa: E402
 
 
 class SamplerDesyncError(RuntimeError):

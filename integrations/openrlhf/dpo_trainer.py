@@ -27,15 +27,16 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from rlplugins.selection import PairSelector, SageConfig, make_selector
-
-from .dpo_sampler import ScoredSampler
-from .selector_flags import SelectorSpec
 from .version import check_openrlhf_version
 
 check_openrlhf_version()
 
 from openrlhf.trainer.dpo_trainer import DPOTrainer  # noqa: E402  (the original class, before any patch)
+
+from rlplugins.selection import PairSelector, SageConfig, make_selector  # noqa: E402
+
+from .dpo_sampler import ScoredSampler  # noqa: E402
+from .selector_flags import SelectorSpec  # noqa: E402
 
 SELECTOR_STATE_FILE = "rlplugins_selector_rank{rank}.pt"
 

@@ -43,8 +43,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "-h" in argv or "--help" in argv:
         print(selector_flags_help() + "\n\nOpenRLHF's flags:\n")
     try:
-        spec, rest = parse_selector_flags(argv)
         check_openrlhf_version()
+        spec, rest = parse_selector_flags(argv)
     except (FlagError, OpenRLHFVersionError) as exc:
         fail(PROG, str(exc))
     if spec is not None:

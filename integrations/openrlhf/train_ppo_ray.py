@@ -44,8 +44,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "-h" in argv or "--help" in argv:
         print(loss_flags_help() + "\n\nOpenRLHF's flags:\n")
     try:
-        spec, rest = parse_loss_flags(argv)
         check_openrlhf_version()
+        spec, rest = parse_loss_flags(argv)
     except (FlagError, OpenRLHFVersionError) as exc:
         fail(PROG, str(exc))
     if spec is not None:
