@@ -13,7 +13,6 @@ import sys
 import pytest
 
 import openrlhf.datasets
-import rlp_openrlhf_tiny as tiny
 import openrlhf.trainer.dpo_trainer as dpo_trainer
 import openrlhf.trainer.ray.ppo_actor as ppo_actor
 import openrlhf.utils
@@ -29,9 +28,6 @@ GRPO = ["--actor.model_name_or_path", "/nonexistent/model", "--reward.remote_url
         "--train.micro_batch_size", "2", "--algo.kl.init_coef", "0", "--data.prompt_dataset", "/nonexistent/data"]
 DPO = ["--model.model_name_or_path", "/nonexistent/model", "--data.dataset", "/nonexistent/data",
        "--train.batch_size", "8", "--train.micro_batch_size", "2", "--model.beta", "0.2", "--train.seed", "7"]
-
-
-needs_selection = pytest.mark.skipif(not tiny.has_selection(), reason=tiny.SELECTION_MISSING)
 
 
 class ReachedTrain(Exception):
@@ -84,7 +80,6 @@ def test_ppo_wrapper_passes_native_losses_through(cli, native):
     assert ppo_actor.PolicyModelActor is original_actor
 
 
-@needs_selection
 def test_dpo_wrapper_installs_sage(cli):
     from rlplugins.integrations.openrlhf.dpo_trainer import SageDPOTrainer
 
@@ -98,7 +93,6 @@ def test_dpo_wrapper_installs_sage(cli):
     assert openrlhf.datasets.RewardDataset.__name__ == "RewardDatasetWith_pass_rate"
 
 
-@needs_selection
 def test_dpo_wrapper_without_selector_is_plain_openrlhf(cli):
     original = dpo_trainer.DPOTrainer
     args = cli(train_dpo.main, DPO)
@@ -140,7 +134,6 @@ def test_cispo_eps_validated_against_openrlhf_clip_flags(cli, capsys):
     assert "CispoConfig.eps_low must be in [0, 1], got 1.5" in capsys.readouterr().err
 
 
-@needs_selection
 @pytest.mark.parametrize("argv,message", [
     (["--selector", "sag"], "'sag' is not a selector. Did you mean sage?"),
     (["--sage.selection_ratio", "0.5"], "needs --selector NAME"),
@@ -160,7 +153,6 @@ def test_dpo_wrapper_rejects_bad_flags(argv, message, capsys):
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
-@needs_selection
 def test_every_selector_name_parses():
     from rlplugins.selection import SELECTOR_NAMES
 
@@ -169,7 +161,6 @@ def test_every_selector_name_parses():
         assert spec.name == name and rest == DPO
 
 
-@needs_selection
 def test_help_lists_our_flags(cli, capsys):
     with pytest.raises(SystemExit) as exit_:
         train_ppo_ray.main(["--help"])
@@ -196,7 +187,6 @@ def test_ppo_examples_parse(cli, script, loss):
     assert args.actor.policy_loss_type == loss and args.rlplugins.policy_loss == loss
 
 
-@needs_selection
 def test_dpo_example_parses(cli):
     args = cli(train_dpo.main, example_args("train_dpo_sage.sh"))
     assert args.rlplugins_selection.name == "sage" and args.rlplugins_selection.pass_rate_key == "pass_rate"

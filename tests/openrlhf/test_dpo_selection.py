@@ -15,9 +15,6 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
-if not tiny.has_selection():
-    pytest.skip(tiny.SELECTION_MISSING, allow_module_level=True)
-
 from openrlhf.models import DPOLoss
 from rlplugins.integrations.openrlhf.dpo_dataset import RewardDataset, reward_dataset_with_column
 from rlplugins.integrations.openrlhf.dpo_trainer import SageDPOTrainer

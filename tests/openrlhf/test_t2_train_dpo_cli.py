@@ -22,7 +22,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.environ.get("RLP_OPENRLHF_SLOW") != "1", reason="T2 tier: set RLP_OPENRLHF_SLOW=1"),
     pytest.mark.skipif(shutil.which("g++") is None, reason="DeepSpeed's CPU ops need a C++ compiler"),
-    pytest.mark.skipif(not tiny.has_selection(), reason=tiny.SELECTION_MISSING),
 ]
 
 

@@ -12,18 +12,6 @@ VOCAB = 128
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 
-def has_selection() -> bool:
-    """Whether the SAGE selector (rlplugins.selection, issue 4) is installed in this tree."""
-    try:
-        from rlplugins.selection import SELECTOR_NAMES, make_selector  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-SELECTION_MISSING = "rlplugins.selection (the SAGE selector, issue 4) is not in this tree yet"
-
-
 def build_tiny_llama(path: str, seed: int = 0) -> None:
     """A 2-layer Llama (hidden 64) with a whitespace WordLevel tokenizer over words w0..w123, saved to ``path``."""
     from tokenizers import Tokenizer, models, pre_tokenizers
