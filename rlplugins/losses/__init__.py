@@ -1,0 +1,49 @@
+"""Policy losses: MASPO and its peers behind one registry and one call contract.
+
+    loss, metrics = compute_policy_loss("maspo", log_prob=..., old_log_prob=..., advantages=...,
+                                        response_mask=..., loss_agg_mode="token-mean", config=MaspoConfig())
+"""
+
+from .advantages import grpo_advantages
+from .aggregation import AGG_MODES, agg_loss
+from .api import METRIC_KEYS, compute_policy_loss, token_policy_loss
+from .config import (
+    CispoConfig,
+    ClipHigherConfig,
+    DualClipConfig,
+    GspoConfig,
+    MaspoConfig,
+    PgConfig,
+    PolicyLossConfig,
+    PpoClipConfig,
+    SapoConfig,
+)
+from .registry import PolicyLossSpec, get_policy_loss, list_policy_losses, make_config, register_policy_loss
+from .token_loss import TokenLoss
+
+# Importing the loss modules registers them.
+from . import cispo, gspo, maspo, pg, ppo_clip, sapo  # noqa: E402,F401  isort: skip
+
+__all__ = [
+    "AGG_MODES",
+    "METRIC_KEYS",
+    "CispoConfig",
+    "ClipHigherConfig",
+    "DualClipConfig",
+    "GspoConfig",
+    "MaspoConfig",
+    "PgConfig",
+    "PolicyLossConfig",
+    "PolicyLossSpec",
+    "PpoClipConfig",
+    "SapoConfig",
+    "TokenLoss",
+    "agg_loss",
+    "compute_policy_loss",
+    "get_policy_loss",
+    "grpo_advantages",
+    "list_policy_losses",
+    "make_config",
+    "register_policy_loss",
+    "token_policy_loss",
+]

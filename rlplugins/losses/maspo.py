@@ -1,0 +1,105 @@
+"""MASPO: Mass-Adaptive Soft Policy Optimization (Fu et al., arXiv 2602.17550).
+
+Per token, with rho = exp(clamp(logp - logp_old, -20, 20)) and pi_old = exp(logp_old):
+
+    M      = clamp(sigma_base * pi_old^-alpha, sigma_base, sigma_high)          (mass-adaptive width)
+    k_pos  = clamp(1 + beta_pos * A, adv_low, adv_high)                          (risk control, A > 0)
+    k_neg  = clamp(1 / (1 - beta_neg * A), adv_low, adv_high)                    (risk control, A < 0)
+    w_+/-  = exp(-(sg(rho) - 1)^2 / (2 (M k_+/-)^2))
+    l      = -A * w_+ * rho   if A > 0 and rho > 1
+             -A * w_- * rho   if A < 0 and rho < 1
+             -A * rho         otherwise                   dl/dlogp = -A * w * rho
+
+This is the official implementation (github.com/VenomRose-Juri/MASPO-RL, core_algos.py, ratio_mode=maspo);
+``variant="paper"`` drops the code-only clamps (M and k unbounded, no +-20 log-ratio clamp) and keeps only
+finiteness guards.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .config import MaspoConfig
+from .registry import register_policy_loss
+from .token_loss import LOG_RATIO_CLAMP, TokenLoss, apply_dual_clip, clamped_log_ratio
+
+# Finiteness guards of the paper variant: e^50 * 1e4 stays far below the float32 maximum (~3.4e38),
+# and sigma <= e^60 keeps (rho - 1) / sigma finite. Neither binds for realistic inputs.
+PAPER_LOG_RATIO_GUARD = 50.0
+PAPER_LOG_SIGMA_GUARD = 60.0
+# Bounds of the official code's diagnostic clip fractions (logged, never applied, in maspo mode).
+PPO_DIAGNOSTIC_EPS = 0.2
+PPO_DIAGNOSTIC_DUAL_CLIP = 3.0
+
+
+def maspo_widths(
+    old_log_prob: torch.Tensor, advantages: torch.Tensor, config: MaspoConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gate widths ``(sigma_pos, sigma_neg)`` per token (detached inputs, no gradient)."""
+    c = config
+    if c.variant == "official":
+        # The official code's operations in its order (core_algos.py, ratio_mode maspo), so rounding matches.
+        old_prob = torch.exp(old_log_prob)
+        mass = torch.clamp(c.sigma_base / old_prob**c.alpha, c.sigma_base, c.sigma_high)
+        sigma_neg = mass * torch.clamp(1 / (1 - c.beta_neg * advantages), c.adv_low, c.adv_high)
+        sigma_pos = mass * torch.clamp(1 + c.beta_pos * advantages, c.adv_low, c.adv_high)
+        return sigma_pos, sigma_neg
+    # Paper form in log space. Each risk factor is evaluated only where its quadrant can use it: elsewhere
+    # the raw factor can be 0, negative or infinite (pole at A = 1/beta_neg), and a NaN in an unselected
+    # branch would still poison the gradient.
+    log_mass = math.log(c.sigma_base) - c.alpha * old_log_prob
+    one = torch.ones_like(advantages)
+    k_pos = torch.where(advantages > 0, 1.0 + c.beta_pos * advantages, one)
+    k_neg = torch.where(advantages < 0, 1.0 / (1.0 - c.beta_neg * torch.clamp(advantages, max=0.0)), one)
+    sigma_pos = torch.exp(torch.clamp(log_mass + torch.log(k_pos), max=PAPER_LOG_SIGMA_GUARD))
+    sigma_neg = torch.exp(torch.clamp(log_mass + torch.log(k_neg), max=PAPER_LOG_SIGMA_GUARD))
+    return sigma_pos, sigma_neg
+
+
+def maspo_gate(
+    ratio: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, config: MaspoConfig
+) -> torch.Tensor:
+    """The detached gate ``w`` (1 outside the gated quadrants)."""
+    with torch.no_grad():
+        r = ratio.detach()
+        sigma_pos, sigma_neg = maspo_widths(old_log_prob, advantages, config)
+        if config.variant == "official":
+            w_pos = torch.exp(-((r - 1) ** 2) / 2 / sigma_pos**2)
+            w_neg = torch.exp(-((r - 1) ** 2) / 2 / sigma_neg**2)
+        else:  # divide before squaring: sigma may be huge
+            w_pos = torch.exp(-0.5 * ((r - 1) / sigma_pos) ** 2)
+            w_neg = torch.exp(-0.5 * ((r - 1) / sigma_neg) ** 2)
+        if config.bilateral:
+            in_pos, in_neg = advantages > 0, advantages < 0
+        else:
+            in_pos, in_neg = (advantages > 0) & (r > 1), (advantages < 0) & (r < 1)
+        one = torch.ones_like(r)
+        return torch.where(in_pos, w_pos, torch.where(in_neg, w_neg, one))
+
+
+@register_policy_loss(
+    "maspo",
+    config_cls=MaspoConfig,
+    formula="-A * sg(w) * r, w = exp(-(r-1)^2 / (2 sigma^2)) on (A>0,r>1) and (A<0,r<1), sigma = M(pi_old) k(A)",
+    description="MASPO (arXiv 2602.17550): soft Gaussian gate, mass-adaptive width, asymmetric risk control",
+)
+def maspo_token_loss(
+    log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, config: MaspoConfig, **_: object
+) -> TokenLoss:
+    bound = LOG_RATIO_CLAMP if config.variant == "official" else PAPER_LOG_RATIO_GUARD
+    log_ratio, passes = clamped_log_ratio(log_prob, old_log_prob, bound)
+    ratio = torch.exp(log_ratio)
+    w = maspo_gate(ratio, old_log_prob, advantages, config)
+    loss = -advantages * (w * ratio)  # w is exactly 1 outside the quadrants, so this is -A * r there, bit for bit
+    with torch.no_grad():
+        r = ratio.detach()
+        grad = torch.where(passes, -advantages * w * r, torch.zeros_like(r))
+        # The official code logs PPO's eps = 0.2 and c = 3 clip fractions in maspo mode without applying them;
+        # we report the same diagnostics so dashboards stay comparable.
+        ppo_would_clip = ((r < 1 - PPO_DIAGNOSTIC_EPS) & (advantages < 0)) | ((r > 1 + PPO_DIAGNOSTIC_EPS) & (advantages > 0))
+        dual_would_clip = (r > PPO_DIAGNOSTIC_DUAL_CLIP) & (advantages < 0)
+    loss, grad, w, hit = apply_dual_clip(loss, advantages, grad, w, config.dual_clip)
+    return TokenLoss(loss=loss, grad_logp=grad, gate=w, ratio=r, clipped=ppo_would_clip,
+                     clipped_lower=hit if hit is not None else dual_would_clip)

@@ -1,0 +1,99 @@
+"""Name -> policy-loss table with one call contract (the pattern of veRL's ``register_policy_loss``).
+
+A registered function computes the elementwise terms of one loss:
+
+    fn(log_prob, old_log_prob, advantages, config, *, response_mask=None) -> TokenLoss
+
+Aggregation, validation, importance weights and metrics are shared and live in ``api.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from .config import PolicyLossConfig
+from .token_loss import TokenLoss
+
+TokenLossFn = Callable[..., TokenLoss]
+
+
+@dataclass(frozen=True)
+class PolicyLossSpec:
+    name: str
+    fn: TokenLossFn
+    config_cls: type[PolicyLossConfig]
+    formula: str = ""
+    description: str = ""
+    # False for losses that couple the tokens of a sequence (gspo): they need response_mask and [B, T].
+    elementwise: bool = True
+
+    def make_config(self, config: PolicyLossConfig | Mapping[str, Any] | None = None) -> PolicyLossConfig:
+        """Defaults for None, validation for a mapping, a type check for an instance."""
+        if config is None:
+            return self.config_cls()
+        if isinstance(config, self.config_cls):
+            return config
+        if isinstance(config, PolicyLossConfig):
+            raise TypeError(
+                f"policy loss {self.name!r} expects config of type {self.config_cls.__name__}, "
+                f"got {type(config).__name__}"
+            )
+        if isinstance(config, Mapping):
+            return self.config_cls.from_mapping(config)
+        raise TypeError(
+            f"config for policy loss {self.name!r} must be a {self.config_cls.__name__}, a mapping of its "
+            f"fields, or None; got {type(config).__name__}"
+        )
+
+
+_REGISTRY: dict[str, PolicyLossSpec] = {}
+
+
+def register_policy_loss(
+    name: str,
+    *,
+    config_cls: type[PolicyLossConfig],
+    formula: str = "",
+    description: str = "",
+    elementwise: bool = True,
+    overwrite: bool = False,
+) -> Callable[[TokenLossFn], TokenLossFn]:
+    """Decorator adding a per-token loss to the registry.
+
+    Re-registering the same function (a module imported twice) is a no-op; registering a different
+    function under a taken name raises unless ``overwrite=True`` (veRL silently overwrites; we do not).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if not (isinstance(config_cls, type) and issubclass(config_cls, PolicyLossConfig)):
+        raise TypeError(f"config_cls must be a PolicyLossConfig subclass, got {config_cls!r}")
+
+    def decorator(fn: TokenLossFn) -> TokenLossFn:
+        existing = _REGISTRY.get(name)
+        same = existing is not None and (
+            existing.fn is fn
+            or (existing.fn.__module__, existing.fn.__qualname__) == (fn.__module__, fn.__qualname__)
+        )
+        if existing is not None and not same and not overwrite:
+            raise ValueError(f"policy loss {name!r} is already registered by {existing.fn.__module__}; "
+                             f"pass overwrite=True to replace it")
+        _REGISTRY[name] = PolicyLossSpec(name, fn, config_cls, formula, description, elementwise)
+        return fn
+
+    return decorator
+
+
+def get_policy_loss(name: str) -> PolicyLossSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown policy loss {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def list_policy_losses() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_config(name: str, config: PolicyLossConfig | Mapping[str, Any] | None = None) -> PolicyLossConfig:
+    return get_policy_loss(name).make_config(config)

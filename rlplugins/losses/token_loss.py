@@ -1,0 +1,66 @@
+"""The per-token result every policy loss returns, and the ratio helper they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# veRL and OpenRLHF clamp the log-ratio to +-20 before exp; we keep their bound so results match bit for bit.
+LOG_RATIO_CLAMP = 20.0
+
+
+@dataclass
+class TokenLoss:
+    """Elementwise terms of a policy loss, before aggregation.
+
+    loss:      per-token loss ``l``; differentiable with respect to ``log_prob``.
+    grad_logp: the analytic ``dl/dlog_prob`` per token (detached). Kernels use it as the per-token scalar
+               ``g_t`` of ``dl/dz_j = g_t (delta_jy - p_j) / T``; tests check it against autograd.
+    gate:      detached factor applied to the ungated gradient (MASPO's ``w``, 1/0 for hard clipping,
+               ``4s(1-s)`` for SAPO, ``c/r`` for CISPO); 1 means "full gradient".
+    ratio:     detached importance ratio used by the loss (after clamping), for metrics.
+    clipped:   optional detached bool tensor, the loss's own notion of a clipped token (pg_clipfrac).
+    clipped_lower: optional detached bool tensor for dual-clip (pg_clipfrac_lower).
+    """
+
+    loss: torch.Tensor
+    grad_logp: torch.Tensor
+    gate: torch.Tensor
+    ratio: torch.Tensor
+    clipped: torch.Tensor | None = None
+    clipped_lower: torch.Tensor | None = None
+
+
+def clamped_log_ratio(
+    log_prob: torch.Tensor, old_log_prob: torch.Tensor, bound: float = LOG_RATIO_CLAMP
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(clamp(logp - logp_old, -bound, bound), passes)``.
+
+    ``passes`` is where the clamp lets the gradient through (torch's clamp is inclusive at the bounds),
+    so the analytic gradients can mirror autograd exactly.
+    """
+    raw = log_prob - old_log_prob
+    clamped = torch.clamp(raw, min=-bound, max=bound)
+    with torch.no_grad():
+        passes = (raw >= -bound) & (raw <= bound)
+    return clamped, passes
+
+
+def apply_dual_clip(
+    loss: torch.Tensor, advantages: torch.Tensor, grad_logp: torch.Tensor, gate: torch.Tensor, c: float | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Dual clip (Ye et al., arXiv 1912.09729): for A < 0, ``l <- min(l, -c A)``.
+
+    Returns the new loss, gradient, gate and the mask of tokens the dual clip bounded (None when off).
+    """
+    if c is None:
+        return loss, grad_logp, gate, None
+    cap = -advantages * c
+    capped = torch.minimum(loss, cap)
+    new_loss = torch.where(advantages < 0, capped, loss)
+    with torch.no_grad():
+        hit = (advantages < 0) & (loss > cap)
+        grad_logp = torch.where(hit, torch.zeros_like(grad_logp), grad_logp)
+        gate = torch.where(hit, torch.zeros_like(gate), gate)
+    return new_loss, grad_logp, gate, hit

@@ -1,0 +1,25 @@
+"""Hypothesis strategies shared by the core loss tests (imported by path: tests/ is not a package)."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+ELEMENTWISE_LOSSES = ["maspo", "ppo_clip", "clip_higher", "dual_clip", "sapo", "cispo", "pg"]
+ALL_LOSSES = ELEMENTWISE_LOSSES + ["gspo"]
+
+
+@st.composite
+def policy_batch(draw, max_b: int = 4, max_t: int = 7, log_ratio_scale: float = 1.0, adv_scale: float = 3.0,
+                 dtype=torch.float64):
+    """Random [B, T] inputs: log-probs <= 0, nearby old log-probs, per-sequence advantages, a random mask."""
+    b = draw(st.integers(1, max_b))
+    t = draw(st.integers(1, max_t))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    old = -torch.rand(b, t, generator=g, dtype=dtype) * 6.0
+    delta = torch.randn(b, t, generator=g, dtype=dtype) * log_ratio_scale
+    logp = torch.clamp(old + delta, max=0.0)
+    adv = (torch.randn(b, 1, generator=g, dtype=dtype) * adv_scale).expand(b, t).clone()
+    mask = torch.rand(b, t, generator=g) < draw(st.floats(0.3, 1.0))
+    return logp, old, adv, mask
