@@ -57,4 +57,12 @@ def __dir__() -> list[str]:
 
 if "verl" in sys.modules:
     # Already inside a veRL process (external_lib, VERL_USE_EXTERNAL_MODULES, a user script): register now.
-    importlib.import_module(f"{__name__}.losses").register_policy_losses()
+    # An unsupported veRL only warns here: the package must stay importable so that Hydra can reach
+    # MaspoPolicyLossConfig, whose constructor raises the full message (Hydra hides errors raised while it
+    # imports a _target_'s module, and shows those raised by the constructor).
+    try:
+        importlib.import_module(f"{__name__}.losses").register_policy_losses()
+    except ImportError as _exc:
+        import warnings
+
+        warnings.warn(str(_exc), stacklevel=2)

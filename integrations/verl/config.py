@@ -20,15 +20,18 @@ from typing import Any, Optional
 
 from rlplugins.losses import MaspoConfig
 
-from .compat import require_supported_verl
+from verl.workers.config import PolicyLossConfig
+
+from .compat import UnsupportedVerlVersion
 from .losses import DEFAULT_ON_NONFINITE, register_policy_losses
 
-require_supported_verl()  # before touching veRL's classes: a wrong version fails here, loudly
-
-from verl.workers.config import PolicyLossConfig  # noqa: E402
-
 # Importing this module (which Hydra does to resolve the _target_) registers the losses in this process.
-register_policy_losses()
+# On an unsupported veRL the error is raised when the config is *built*: Hydra hides exceptions raised while
+# it locates a _target_ ("Error locating target ..."), but shows those raised by the constructor.
+try:
+    register_policy_losses()
+except UnsupportedVerlVersion:
+    pass
 
 _D = MaspoConfig()
 FLAG_PREFIX = "actor_rollout_ref.actor.policy_loss."
@@ -67,6 +70,7 @@ class MaspoPolicyLossConfig(PolicyLossConfig):
         parent = getattr(super(), "__post_init__", None)
         if parent is not None:
             parent()
+        register_policy_losses()  # idempotent; checks the veRL version first
         if self.loss_mode != "maspo":
             close = difflib.get_close_matches(str(self.loss_mode), ["maspo"], n=1, cutoff=0.6)
             hint = (

@@ -176,7 +176,8 @@ def _is_ours(fn: Any) -> bool:
 
 def register_policy_losses() -> list[str]:
     """Add our losses to veRL's registry; idempotent. Returns the names. Never shadows a veRL loss."""
-    from .compat import require_supported_verl
+    # Absolute import: veRL's file-path loaders may execute this file outside its package.
+    from rlplugins.integrations.verl.compat import require_supported_verl
 
     require_supported_verl()
     from verl.trainer.ppo import core_algos

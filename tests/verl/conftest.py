@@ -22,18 +22,16 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from tensordict import NonTensorData, NonTensorStack, TensorDict  # noqa: E402
 
 VERL_CONFIG_DIR = str(Path(verl.__file__).parent / "trainer" / "config")
-MASPO_TARGET = "rlplugins.integrations.verl.MaspoPolicyLossConfig"
-PL = "actor_rollout_ref.actor.policy_loss"
-
-
-def compose_ppo(overrides: list[str]):
-    """veRL's packaged ppo_trainer config, composed with Hydra as main_ppo does."""
-    with initialize_config_dir(config_dir=VERL_CONFIG_DIR, version_base=None):
-        return compose("ppo_trainer", overrides=list(overrides))
 
 
 @pytest.fixture
 def ppo_config() -> Callable[..., Any]:
+    """Compose veRL's packaged ppo_trainer config with overrides, as main_ppo does."""
+
+    def compose_ppo(overrides: list[str]):
+        with initialize_config_dir(config_dir=VERL_CONFIG_DIR, version_base=None):
+            return compose("ppo_trainer", overrides=list(overrides))
+
     return compose_ppo
 
 
