@@ -96,6 +96,12 @@ class FakeRollout:
     def prompt_ids(self, prompt: str) -> torch.Tensor:
         return torch.tensor([5 + (ord(c) % 100) for c in prompt], dtype=torch.long)
 
+    def prompt_key(self, prompt: str) -> str:
+        """The key the sampler derives from the stored prompt token ids."""
+        from rlplugins.integrations.verl.sampler import _prompt_key
+
+        return _prompt_key(self.prompt_ids(prompt))
+
     def __call__(self, num_prompts: int) -> int:
         for _ in range(num_prompts):
             prompt = self.order[self.cursor % len(self.order)]
@@ -131,6 +137,14 @@ def fake_tq(monkeypatch: pytest.MonkeyPatch) -> FakeTransferQueue:
     tq = FakeTransferQueue()
     monkeypatch.setattr(replay_buffer, "tq", tq)
     return tq
+
+
+@pytest.fixture
+def make_rollout(fake_tq: FakeTransferQueue) -> Callable[..., FakeRollout]:
+    def make(order: list[str], pass_counts: dict[str, list[int]], n: int = 4) -> FakeRollout:
+        return FakeRollout(fake_tq, order, pass_counts, n)
+
+    return make
 
 
 @pytest.fixture
