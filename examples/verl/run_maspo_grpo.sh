@@ -54,6 +54,10 @@ SELECTOR_FLAGS=(
   +trainer.v1.sampler.sampler_kwargs.history_size=4                 # pass rates kept per prompt
   +trainer.v1.sampler.sampler_kwargs.stability_tau=0.25             # history std above this: unstable
   +trainer.v1.sampler.sampler_kwargs.prompt_key_field=prompts       # prompt identity: hash of its token ids
+  +trainer.v1.sampler.sampler_kwargs.max_prompts=1000000            # prompt histories kept (least recent dropped)
+  +trainer.v1.sampler.sampler_kwargs.max_inflight_gen_batches=null  # in-flight bound x train_batch_size; null: ceil(oversample)
+  +trainer.v1.sampler.sampler_kwargs.train_batch_size=null          # null: data.train_batch_size
+  +trainer.v1.sampler.sampler_kwargs.checkpoint_dir=null            # null: the folder the trainer resumes from
 )
 
 TRAIN_FLAGS=(

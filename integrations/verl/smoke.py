@@ -418,7 +418,8 @@ def _report(result: dict[str, Any], ignored: list[str]) -> list[str]:
     print(f"loss_mode={result['loss_mode']}  ->  {result['loss_fn']}  (policy_loss: {result['policy_loss_config']})")
     if ignored:
         print("ignored on CPU (owned by the smoke run): " + " ".join(ignored))
-    keys = sorted({k for s in steps for k in s if k.startswith("actor/") or k in ("grad_norm", "loss")})
+    # everything but throughput/timing (perf/*, mfu): actor/*, grad_norm, loss, lr, kl_loss, kl_coef, ...
+    keys = sorted({k for s in steps for k in s if not k.startswith("perf/") and k != "mfu"})
     width = max(len(k) for k in keys) if keys else 10
     print(f"{'metric':<{width}}  " + "  ".join(f"{'step ' + str(i + 1):>12}" for i in range(len(steps))))
     for key in keys:

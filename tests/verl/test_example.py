@@ -10,7 +10,9 @@ from types import SimpleNamespace
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 from verl.utils.config import omega_conf_to_dataclass, validate_config
 
+from rlplugins.integrations.verl.sampler import SamplerOptions
 from rlplugins.losses import MaspoConfig
+from rlplugins.selection.prompt_groups import PromptGroupSelectorConfig
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "verl" / "run_maspo_grpo.sh"
 
@@ -39,6 +41,15 @@ def test_example_flags_validate(tmp_path, ppo_config, fake_tq):
     buffer = PPOTrainer._build_replay_buffer(trainer)
     assert type(buffer).__name__ == "PromptGroupReplayBuffer"
     assert buffer.options.oversample == 1.25 and buffer.selector.config.tier_edges == (0.3333, 0.6667)
+
+
+def test_example_spells_out_every_rlplugins_field(tmp_path):
+    overrides = script_overrides(tmp_path)
+    keys = {o.split("=", 1)[0].lstrip("+") for o in overrides}
+    pl, kw = "actor_rollout_ref.actor.policy_loss.", "trainer.v1.sampler.sampler_kwargs."
+    assert {pl + name for name in [*MaspoConfig.field_names(), "on_nonfinite"]} <= keys
+    sampler_fields = [*SamplerOptions.__dataclass_fields__, *PromptGroupSelectorConfig.__dataclass_fields__]
+    assert {kw + name for name in sampler_fields} <= keys
 
 
 def test_print_loss_flags_feeds_the_smoke_run():
