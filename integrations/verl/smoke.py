@@ -15,6 +15,7 @@ inside ``main`` so that the shims' environment is in place first and ``--help`` 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -348,6 +349,9 @@ def run(overrides: list[str], *, steps: int = 2, seed: int = 0, rollout_is_weigh
     torch.manual_seed(seed)
     _install_cpu_platform()  # imports verl (and so runs the verl.plugins entry points) after the env is set
     _register_cpu_engine()
+    from rlplugins.integrations.verl.compat import require_supported_verl
+
+    require_supported_verl()  # a clear message instead of "Unsupported loss mode" when veRL is not 0.9.1
 
     from verl import DataProto
     from verl.trainer.ppo.core_algos import get_policy_loss_fn
@@ -438,6 +442,14 @@ def _report(result: dict[str, Any], ignored: list[str]) -> list[str]:
 
 def main(args: argparse.Namespace) -> int:
     kept, ignored = split_overrides(list(args.overrides))
+    # find_spec, not import: veRL must be imported only after run() has set the single-process environment.
+    if importlib.util.find_spec("verl") is None:
+        print(
+            "rlplugins verl-smoke needs veRL 0.9.1 in this environment: pip install 'rlplugins[verl]' "
+            "(in this repository: make venv-verl, then .venv-verl/bin/rlplugins verl-smoke ...)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         result = run(kept, steps=args.steps, seed=args.seed, rollout_is_weights=args.rollout_is_weights)
     except Exception as exc:  # a configuration error is the most likely outcome: say so plainly
