@@ -7,6 +7,7 @@
 from .advantages import grpo_advantages
 from .aggregation import AGG_MODES, agg_loss
 from .api import METRIC_KEYS, compute_policy_loss, token_policy_loss
+from .dpo import DPO_LOSS_TYPES, DPOConfig, DPOLossOutput, dpo_loss
 from .config import (
     CispoConfig,
     ClipHigherConfig,
@@ -17,18 +18,22 @@ from .config import (
     PolicyLossConfig,
     PpoClipConfig,
     SapoConfig,
+    UnclippedConfig,
 )
 from .registry import PolicyLossSpec, get_policy_loss, list_policy_losses, make_config, register_policy_loss
 from .token_loss import TokenLoss
 
 # Importing the loss modules registers them.
-from . import cispo, gspo, maspo, pg, ppo_clip, sapo  # noqa: E402,F401  isort: skip
+from . import cispo, gspo, maspo, pg, ppo_clip, sapo, unclipped  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "AGG_MODES",
     "METRIC_KEYS",
     "CispoConfig",
     "ClipHigherConfig",
+    "DPO_LOSS_TYPES",
+    "DPOConfig",
+    "DPOLossOutput",
     "DualClipConfig",
     "GspoConfig",
     "MaspoConfig",
@@ -38,8 +43,10 @@ __all__ = [
     "PpoClipConfig",
     "SapoConfig",
     "TokenLoss",
+    "UnclippedConfig",
     "agg_loss",
     "compute_policy_loss",
+    "dpo_loss",
     "get_policy_loss",
     "grpo_advantages",
     "list_policy_losses",

@@ -1,0 +1,33 @@
+"""Data selection for DPO: SAGE (arXiv 2602.01207, rlplugins reconstruction) and the baselines it is measured against.
+
+Calling contract: docs/selection-api.md. The core imports no RL framework.
+"""
+
+from .base import PairSelector, ScoreFn
+from .baselines import StaticScoreSelector, UniformSelector
+from .config import SageConfig
+from .curriculum import schedule_fraction, tiers_from_difficulty
+from .registry import SELECTOR_NAMES, make_selector
+from .sampler import SageSampler
+from .scores import implicit_margins, sage_scores, score_from_margin
+from .selector import SageSelector
+from .stability import in_boundary_band, temporal_unstable
+
+__all__ = [
+    "SELECTOR_NAMES",
+    "PairSelector",
+    "SageConfig",
+    "SageSampler",
+    "SageSelector",
+    "ScoreFn",
+    "StaticScoreSelector",
+    "UniformSelector",
+    "implicit_margins",
+    "in_boundary_band",
+    "make_selector",
+    "sage_scores",
+    "schedule_fraction",
+    "score_from_margin",
+    "temporal_unstable",
+    "tiers_from_difficulty",
+]

@@ -1,0 +1,461 @@
+"""`PairSelector`: the stateful protocol every pair selector implements (docs/selection-api.md §3).
+
+The base class owns what all selectors share: the data-parallel shard, the generator, per-pair margin state (latest
+scored margin, margin history, invalid flags), the scoring request/feed cycle, drawing unique batches from a working
+set, the documented fallback, metrics and ``state_dict``. Subclasses decide when to request scores
+(``_maybe_open_request``), what to do with them (``_on_scores``) and, if needed, how to produce a batch.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ._checks import check_float_vector, check_index_vector, check_logps
+from ._rng import make_generator, mix_seed, shuffled, take_random
+from .config import SageConfig
+from .curriculum import tiers_from_difficulty
+
+ScoreFn = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+
+# Salt of the shard permutation: it depends on the seed only, so every rank computes the same permutation and the
+# shards are disjoint and cover the dataset.
+_SHARD_SALT = 0x5A6E_D5A1
+
+
+def _check_pos_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+class PairSelector(abc.ABC):
+    """Chooses which preference pairs (dataset indices) to train on, step by step.
+
+    Loop (docs/selection-api.md §3): ``indices_to_score()`` → feed ``update_scores(...)`` → ``next_batch()`` →
+    optionally ``observe_batch(...)``; ``state_dict()``/``load_state_dict()`` resume exactly.
+    """
+
+    #: names of attributes saved by ``state_dict`` (subclasses append theirs)
+    _STATE_FIELDS: tuple[str, ...] = (
+        "_step",
+        "_epoch",
+        "_u",
+        "_history",
+        "_curv",
+        "_invalid",
+        "_scored_gen",
+        "_scored_step",
+        "_pool_gen",
+        "_pool",
+        "_working",
+        "_order",
+        "_cursor",
+        "_request",
+        "_received",
+        "_pairs_scored",
+        "_pairs_observed",
+        "_nonfinite",
+        "_rounds",
+        "_refreshes",
+        "_score_pending",
+        "_external_competence",
+        "_last",
+    )
+
+    def __init__(
+        self,
+        *,
+        num_pairs: int,
+        batch_size: int,
+        config: SageConfig | None = None,
+        tiers: torch.Tensor | None = None,
+        difficulty: torch.Tensor | None = None,
+        total_steps: int | None = None,
+        rank: int = 0,
+        num_replicas: int = 1,
+        score_fn: ScoreFn | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.num_pairs = _check_pos_int("num_pairs", num_pairs, 1)
+        self.batch_size = _check_pos_int("batch_size", batch_size, 1)
+        if config is None:
+            config = SageConfig()
+        if not isinstance(config, SageConfig):
+            raise TypeError(f"config must be a SageConfig, got {type(config).__name__}")
+        self.config = config
+        if total_steps is not None:
+            _check_pos_int("total_steps", total_steps, 1)
+        self.total_steps = total_steps
+        self.num_replicas = _check_pos_int("num_replicas", num_replicas, 1)
+        self.rank = _check_pos_int("rank", rank, 0)
+        if self.rank >= self.num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got {rank}")
+        if score_fn is not None and not callable(score_fn):
+            raise TypeError(f"score_fn must be callable or None, got {type(score_fn).__name__}")
+        self._score_fn = score_fn
+        self.name = name or type(self).__name__
+
+        n = self.num_pairs
+        self.difficulty: torch.Tensor | None = None
+        if difficulty is not None:
+            check_float_vector("difficulty", difficulty, n)
+            self.difficulty = difficulty.detach().to("cpu", torch.float64)
+        if tiers is not None:
+            if not isinstance(tiers, torch.Tensor) or tiers.is_floating_point() or tiers.dtype == torch.bool:
+                raise TypeError(f"tiers must be an integer torch.Tensor, got {getattr(tiers, 'dtype', type(tiers))}")
+            if tiers.dim() != 1 or tiers.shape[0] != n:
+                raise ValueError(f"tiers must have shape ({n},), got {tuple(tiers.shape)}")
+            t = tiers.detach().to("cpu", torch.int64)
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= config.num_tiers):
+                raise ValueError(
+                    f"tiers must lie in [0, config.num_tiers={config.num_tiers}), got [{int(t.min())}, {int(t.max())}]"
+                )
+            self.tiers = t
+        elif self.difficulty is not None:
+            self.tiers = tiers_from_difficulty(self.difficulty, config.num_tiers)
+        else:
+            self.tiers = torch.zeros(n, dtype=torch.int64)
+
+        perm = torch.randperm(n, generator=make_generator(mix_seed(config.seed, _SHARD_SALT)))
+        self.shard = torch.sort(perm[self.rank :: self.num_replicas]).values
+        if self.shard.numel() < self.batch_size:
+            raise ValueError(
+                f"rank {self.rank} holds {self.shard.numel()} pairs (num_pairs={n}, num_replicas={num_replicas}), "
+                f"fewer than batch_size={batch_size}: batches could not be duplicate-free"
+            )
+        self._in_shard = torch.zeros(n, dtype=torch.bool)
+        self._in_shard[self.shard] = True
+
+        self._gen = make_generator(mix_seed(config.seed, self.rank, 0))
+        self._step = 0
+        self._epoch = 0
+        k = config.history_size
+        self._u = torch.full((n,), math.nan, dtype=torch.float64)  # latest margin from update_scores
+        self._history = torch.full((n, k), math.nan, dtype=torch.float64)  # oldest -> newest
+        self._curv = torch.full((n,), math.nan, dtype=torch.float64)  # latest rejected_curvature, if supplied
+        self._invalid = torch.zeros(n, dtype=torch.bool)
+        self._scored_gen = torch.full((n,), -1, dtype=torch.int64)  # pool generation of the latest score
+        self._scored_step = torch.full((n,), -1, dtype=torch.int64)
+        self._pool_gen = 0
+        self._pool = self.shard.clone()
+        self._working = self.shard.clone()
+        self._order: torch.Tensor | None = None
+        self._cursor = 0
+        self._request: torch.Tensor | None = None
+        self._received = torch.zeros(n, dtype=torch.bool)
+        self._pairs_scored = 0
+        self._pairs_observed = 0
+        self._nonfinite = 0
+        self._rounds = 0
+        self._refreshes = 0
+        self._score_pending = False
+        self._external_competence = math.nan
+        self._last: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ subclass hooks
+
+    def _maybe_open_request(self) -> torch.Tensor | None:
+        """Indices to score now, or None when nothing is due. Called at most once per open request."""
+        return None
+
+    def _on_scores(self, request: torch.Tensor, partial: bool) -> None:
+        """The request ``request`` is closed (fully fed, or ``partial``): update the selection."""
+
+    def _produce_batch(self) -> torch.Tensor:
+        return self._draw_working()
+
+    def _extra_metrics(self) -> dict[str, float]:
+        return {}
+
+    # ------------------------------------------------------------------ protocol
+
+    def indices_to_score(self) -> torch.Tensor:
+        """int64 ``[K]``: the pairs whose forward-only log-probs are needed before the next ``next_batch()``."""
+        if self._request is None:
+            req = self._maybe_open_request()
+            if req is not None and req.numel() > 0:
+                self._open(req)
+        if self._request is None:
+            return torch.empty(0, dtype=torch.int64)
+        return self._request[~self._received[self._request]].clone()
+
+    def update_scores(
+        self,
+        indices: torch.Tensor,
+        policy_chosen_logps: torch.Tensor,
+        policy_rejected_logps: torch.Tensor,
+        ref_chosen_logps: torch.Tensor,
+        ref_rejected_logps: torch.Tensor,
+        *,
+        rejected_curvature: torch.Tensor | None = None,
+    ) -> None:
+        """Feed forward-only sequence log-probs (sums over response tokens) of ``indices`` (``[K]`` each)."""
+        idx = self._check_indices(indices)
+        pc, pr, rc, rr = check_logps(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+        if pc.shape[0] != idx.shape[0]:
+            raise ValueError(
+                f"log-prob vectors have length {pc.shape[0]} but indices has length {idx.shape[0]}: one per index"
+            )
+        curv = None
+        if rejected_curvature is not None:
+            curv = check_float_vector("rejected_curvature", rejected_curvature, idx.shape[0])
+            curv = curv.detach().to("cpu", torch.float64)
+        elif self.config.score_variant == "token_curvature" and self._uses_scores():
+            raise ValueError("score_variant='token_curvature' needs rejected_curvature in update_scores")
+        u = self.config.beta * ((pc - rc) - (pr - rr))
+        finite = torch.isfinite(u)
+        if curv is not None:
+            bad = torch.isfinite(curv) & ((curv < 0) | (curv > 0.25 + 1e-6))
+            if bool(bad.any()):
+                raise ValueError("rejected_curvature must be the mean of p_t(1 - p_t) over rejected tokens, in [0, 0.25]")
+            self._curv[idx] = curv.clamp(0.0, 0.25)
+            if self.config.score_variant == "token_curvature":
+                finite &= torch.isfinite(curv)
+        self._nonfinite += int((~finite).sum())
+        self._invalid[idx] = ~finite
+        self._u[idx] = torch.where(finite, u, torch.full_like(u, math.nan))
+        self._append_history(idx[finite], u[finite])
+        self._scored_gen[idx] = self._pool_gen
+        self._scored_step[idx] = self._step
+        self._pairs_scored += int(idx.numel())
+        if self._request is not None:
+            self._received[idx] = True
+            if bool(self._received[self._request].all()):
+                self._close(partial=False)
+
+    def next_batch(self) -> torch.Tensor:
+        """int64 ``[batch_size]``: unique, valid indices of this rank's shard to train on next; advances the step."""
+        self.indices_to_score()
+        pending = False
+        if self._request is not None:
+            if self._score_fn is not None:
+                self._pull_scores()
+            else:
+                pending = True
+                self._close(partial=True)
+        self._score_pending = pending
+        batch = self._produce_batch()
+        self._check_batch(batch)
+        self._step += 1
+        return batch
+
+    def observe_batch(
+        self,
+        indices: torch.Tensor,
+        policy_chosen_logps: torch.Tensor,
+        policy_rejected_logps: torch.Tensor,
+        ref_chosen_logps: torch.Tensor,
+        ref_rejected_logps: torch.Tensor,
+    ) -> None:
+        """Optional: margins of a trained batch (free from the training forward) go into the margin history."""
+        idx = self._check_indices(indices)
+        pc, pr, rc, rr = check_logps(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+        if pc.shape[0] != idx.shape[0]:
+            raise ValueError(
+                f"log-prob vectors have length {pc.shape[0]} but indices has length {idx.shape[0]}: one per index"
+            )
+        u = self.config.beta * ((pc - rc) - (pr - rr))
+        finite = torch.isfinite(u)
+        self._nonfinite += int((~finite).sum())
+        # A non-finite training margin flags the pair; only a finite *score* (update_scores) clears the flag.
+        self._invalid[idx[~finite]] = True
+        self._append_history(idx[finite], u[finite])
+        self._pairs_observed += int(idx.numel())
+
+    def set_competence(self, value: float) -> None:
+        """Held-out competence in [0, 1] (used when ``config.competence_source == "external"``)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"competence must be a number in [0, 1], got {value!r}")
+        self._external_competence = float(value)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed from ``(seed, rank, epoch)`` and start a fresh pass over the working set."""
+        _check_pos_int("epoch", epoch, 0)
+        self._epoch = epoch
+        self._gen = make_generator(mix_seed(self.config.seed, self.rank, epoch))
+        self._order = None
+        self._cursor = 0
+
+    def metrics(self) -> dict[str, float]:
+        out = {
+            "selector/step": float(self._step),
+            "selector/pool_size": float(self._pool.numel()),
+            "selector/working_set_size": float(self._working.numel()),
+            "selector/rounds": float(self._rounds),
+            "selector/refreshes": float(self._refreshes),
+            "selector/pairs_scored": float(self._pairs_scored),
+            "selector/pairs_observed": float(self._pairs_observed),
+            "selector/nonfinite_margins": float(self._nonfinite),
+            "selector/invalid_pairs": float(int(self._invalid[self.shard].sum())),
+            "selector/score_pending": 1.0 if self._score_pending else 0.0,
+        }
+        out.update(self._last)
+        out.update(self._extra_metrics())
+        return out
+
+    # ------------------------------------------------------------------ state
+
+    def _identity(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "class": type(self).__name__,
+            "num_pairs": self.num_pairs,
+            "batch_size": self.batch_size,
+            "rank": self.rank,
+            "num_replicas": self.num_replicas,
+            "total_steps": self.total_steps,
+            "config": dataclasses.asdict(self.config),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: tensors and plain Python values (safe for ``torch.save``)."""
+        fields: dict[str, Any] = {}
+        for key in self._STATE_FIELDS:
+            v = getattr(self, key)
+            if isinstance(v, torch.Tensor):
+                v = v.clone()
+            elif isinstance(v, dict):
+                v = dict(v)
+            fields[key] = v
+        return {
+            "identity": self._identity(),
+            "shard": self.shard.clone(),
+            "tiers": self.tiers.clone(),
+            "generator": self._gen.get_state(),
+            "fields": fields,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a ``state_dict()`` taken from a selector built with the same arguments."""
+        if not isinstance(state, dict) or not {"identity", "shard", "tiers", "generator", "fields"} <= state.keys():
+            raise ValueError("state must be a dict returned by PairSelector.state_dict()")
+        mine = self._identity()
+        if state["identity"] != mine:
+            diff = sorted(k for k in mine if state["identity"].get(k) != mine[k])
+            raise ValueError(f"state_dict was saved by a different selector: mismatch in {diff}")
+        if not torch.equal(state["shard"], self.shard) or not torch.equal(state["tiers"], self.tiers):
+            raise ValueError("state_dict was saved with a different shard or different tiers")
+        missing = [k for k in self._STATE_FIELDS if k not in state["fields"]]
+        if missing:
+            raise ValueError(f"state_dict lacks fields {missing}")
+        for key in self._STATE_FIELDS:
+            v = state["fields"][key]
+            if isinstance(v, torch.Tensor):
+                v = v.clone()
+            elif isinstance(v, dict):
+                v = dict(v)
+            setattr(self, key, v)
+        self._gen.set_state(state["generator"])
+
+    # ------------------------------------------------------------------ helpers for subclasses
+
+    def _uses_scores(self) -> bool:
+        return False
+
+    def _check_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        idx = check_index_vector("indices", indices, self.num_pairs)
+        if idx.numel() and not bool(self._in_shard[idx].all()):
+            bad = idx[~self._in_shard[idx]][:5].tolist()
+            raise ValueError(f"indices {bad} are not in rank {self.rank}'s shard (see selector.shard)")
+        return idx
+
+    def _append_history(self, idx: torch.Tensor, u: torch.Tensor) -> None:
+        if idx.numel() == 0:
+            return
+        h = self._history
+        h[idx, :-1] = h[idx, 1:].clone()
+        h[idx, -1] = u
+
+    def _open(self, request: torch.Tensor) -> None:
+        self._request = request.clone()
+        self._received[request] = False
+
+    def _close(self, partial: bool) -> None:
+        req = self._request
+        assert req is not None
+        self._request = None
+        self._rounds += 1
+        self._on_scores(req, partial)
+
+    def _pull_scores(self) -> None:
+        assert self._score_fn is not None
+        # A refresh can open one follow-up request per curriculum level; more than that means the callback is broken.
+        for _ in range(self.config.num_tiers + 3):
+            if self._request is None:
+                return
+            idx = self._request[~self._received[self._request]].clone()
+            out = self._score_fn(idx)
+            if not isinstance(out, (tuple, list)) or len(out) not in (4, 5):
+                raise TypeError(
+                    "score_fn must return (policy_chosen, policy_rejected, ref_chosen, ref_rejected[, rejected_curvature])"
+                )
+            curv = out[4] if len(out) == 5 else None
+            self.update_scores(idx, out[0], out[1], out[2], out[3], rejected_curvature=curv)
+        if self._request is not None:
+            raise RuntimeError("score_fn kept the scoring request open; it must return one score per index")
+
+    def _valid(self, idx: torch.Tensor) -> torch.Tensor:
+        return idx[~self._invalid[idx]]
+
+    def _fallback(self, taken: torch.Tensor, need: int, prefer: torch.Tensor) -> torch.Tensor:
+        """Up to ``need`` valid pairs not in ``taken``: first from ``prefer`` (e.g. the pool), then from the rest of
+        the shard, uniformly at random (docs/selection-api.md §6)."""
+        if need <= 0:
+            return torch.empty(0, dtype=torch.int64)
+        mask = torch.zeros(self.num_pairs, dtype=torch.bool)
+        mask[taken] = True
+        a = prefer[~self._invalid[prefer] & ~mask[prefer]]
+        fa = take_random(a, need, self._gen)
+        if fa.numel() >= need:
+            return fa
+        mask[prefer] = True
+        b = self.shard[~self._invalid[self.shard] & ~mask[self.shard]]
+        fb = take_random(b, need - fa.numel(), self._gen)
+        return torch.cat([fa, fb])
+
+    def _set_working(self, working: torch.Tensor) -> None:
+        self._working = working.clone()
+        self._order = None
+        self._cursor = 0
+
+    def _draw_working(self) -> torch.Tensor:
+        """``batch_size`` unique valid indices, cycling through shuffled passes over the working set."""
+        b = self.batch_size
+        n_valid = int((~self._invalid[self._working]).sum())
+        if n_valid < b:
+            extra = self._fallback(self._working, b - n_valid, self._pool)
+            if n_valid + extra.numel() < b:
+                raise RuntimeError(
+                    f"only {n_valid + extra.numel()} pairs of rank {self.rank}'s shard have finite margins, fewer "
+                    f"than batch_size={b}: the log-probs fed to the selector are non-finite (upstream bug)"
+                )
+            self._set_working(torch.cat([self._working, extra]))
+        out: list[int] = []
+        seen: set[int] = set()
+        invalid = self._invalid
+        while len(out) < b:
+            if self._order is None or self._cursor >= self._order.numel():
+                self._order = shuffled(self._working, self._gen)
+                self._cursor = 0
+            i = int(self._order[self._cursor])
+            self._cursor += 1
+            if invalid[i] or i in seen:
+                continue
+            out.append(i)
+            seen.add(i)
+        return torch.tensor(out, dtype=torch.int64)
+
+    def _check_batch(self, batch: torch.Tensor) -> None:
+        # Internal invariants of the documented contract; a violation is a bug in this module, not in the caller.
+        if batch.numel() != self.batch_size or torch.unique(batch).numel() != batch.numel():
+            raise AssertionError(f"selector produced an invalid batch of {batch.numel()} indices")
+        if bool(self._invalid[batch].any()) or not bool(self._in_shard[batch].all()):
+            raise AssertionError("selector produced an invalid or out-of-shard index")
