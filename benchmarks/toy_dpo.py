@@ -370,10 +370,11 @@ def plot(cfg: ToyConfig, runs: dict[str, list[dict]], summary: dict, path: str) 
         ax.set_xlabel(xlabel, fontsize=11)
         ax.grid(alpha=0.3)
 
-    curves(axes[0, 0], "backward_pairs", "gt_acc", "Held-out ground-truth accuracy vs backward pairs",
+    curves(axes[0, 0], "backward_pairs", "gt_acc",
+           "Held-out ground-truth accuracy vs backward pairs (band: ±1 sd, sage and dpo_full)",
            "backward (trained) pairs")
     axes[0, 0].axhline(summary["target_gt_acc"] * 100, color="grey", ls=":", lw=1)
-    axes[0, 0].set_ylabel("GT accuracy = pass@1 % (mean over seeds; band ±1 sd: sage, dpo_full)", fontsize=10)
+    axes[0, 0].set_ylabel("GT accuracy (pass@1) %, mean over seeds", fontsize=10)
     curves(axes[0, 1], "compute", "gt_acc", "Held-out ground-truth accuracy vs total compute (log scale)",
            "compute units (scoring forward = 1 / pair, training fwd+bwd = 3 / pair)", first=1)
     axes[0, 1].axhline(summary["target_gt_acc"] * 100, color="grey", ls=":", lw=1)
@@ -400,14 +401,26 @@ def plot(cfg: ToyConfig, runs: dict[str, list[dict]], summary: dict, path: str) 
 
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=10, frameon=False)
+    what = "SAGE settings (post-hoc sensitivity)" if any("[" in n for n in names) else "SAGE vs baselines"
     fig.suptitle(
-        f"Toy DPO: SAGE vs baselines — {cfg.seeds} seeds, {cfg.steps} steps × {cfg.batch_size} pairs, "
+        f"Toy DPO: {what} — {cfg.seeds} seeds, {cfg.steps} steps × {cfg.batch_size} pairs, "
         f"{cfg.noise:.0%} flipped labels, beta={cfg.beta}; GT accuracy = held-out pass@1 of a sampled answer",
         fontsize=14,
     )
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _rounded(obj, digits: int = 5):
+    """Floats rounded for a compact JSON (the table is computed from the unrounded values)."""
+    if isinstance(obj, float):
+        return round(obj, digits)
+    if isinstance(obj, dict):
+        return {k: _rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(v, digits) for v in obj]
+    return obj
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -424,7 +437,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="tiny smoke run (2 seeds, few steps)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--threads", type=int, default=1, help="torch threads (tiny ops: 1 is fastest)")
+    p.add_argument("--replot", metavar="JSON", help="redraw the PNG of an existing result JSON and exit")
     args = p.parse_args(argv)
+    if args.replot:
+        with open(args.replot) as f:
+            saved = json.load(f)
+        cfg = ToyConfig(**{**saved["config"], "methods": tuple(saved["config"]["methods"])})
+        out = args.replot[: -len(".json")] if args.replot.endswith(".json") else args.replot
+        plot(cfg, saved["runs"], saved["summary"], out + ".png")
+        print(f"wrote {out}.png")
+        return saved
     torch.set_num_threads(args.threads)
     cfg = ToyConfig(seeds=args.seeds, steps=args.steps, batch_size=args.batch_size, noise=args.noise,
                     train_problems=args.train_problems, methods=tuple(args.methods))
@@ -463,7 +485,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out + ".json", "w") as f:
-        json.dump(result, f, indent=1)
+        json.dump(_rounded(result), f, indent=1)
     if not args.no_plot:
         plot(cfg, runs, summary, args.out + ".png")
     print(f"\nwrote {args.out}.json" + ("" if args.no_plot else f" and {args.out}.png") + f" in {elapsed:.0f}s")

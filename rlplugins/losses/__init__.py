@@ -18,12 +18,13 @@ from .config import (
     PolicyLossConfig,
     PpoClipConfig,
     SapoConfig,
+    UnclippedConfig,
 )
 from .registry import PolicyLossSpec, get_policy_loss, list_policy_losses, make_config, register_policy_loss
 from .token_loss import TokenLoss
 
 # Importing the loss modules registers them.
-from . import cispo, gspo, maspo, pg, ppo_clip, sapo  # noqa: E402,F401  isort: skip
+from . import cispo, gspo, maspo, pg, ppo_clip, sapo, unclipped  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "AGG_MODES",
@@ -42,6 +43,7 @@ __all__ = [
     "PpoClipConfig",
     "SapoConfig",
     "TokenLoss",
+    "UnclippedConfig",
     "agg_loss",
     "compute_policy_loss",
     "dpo_loss",

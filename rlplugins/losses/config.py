@@ -191,3 +191,8 @@ class GspoConfig(PolicyLossConfig):
 @dataclass(frozen=True)
 class PgConfig(PolicyLossConfig):
     """Plain policy gradient (REINFORCE with the given advantage): no ratio, no gate."""
+
+
+@dataclass(frozen=True)
+class UnclippedConfig(PolicyLossConfig):
+    """Unclipped importance-weighted surrogate ``-A r``: no parameters."""

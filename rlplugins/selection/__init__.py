@@ -11,20 +11,26 @@ from .registry import SELECTOR_NAMES, make_selector
 from .sampler import SageSampler
 from .scores import implicit_margins, sage_scores, score_from_margin
 from .selector import SageSelector
+from .prompt_groups import GroupObservation, PromptGroupSelector, PromptGroupSelectorConfig, Selection, pass_rate_tier
 from .stability import in_boundary_band, temporal_unstable
 
 __all__ = [
     "SELECTOR_NAMES",
+    "GroupObservation",
     "PairSelector",
+    "PromptGroupSelector",
+    "PromptGroupSelectorConfig",
     "SageConfig",
     "SageSampler",
     "SageSelector",
+    "Selection",
     "ScoreFn",
     "StaticScoreSelector",
     "UniformSelector",
     "implicit_margins",
     "in_boundary_band",
     "make_selector",
+    "pass_rate_tier",
     "sage_scores",
     "schedule_fraction",
     "score_from_margin",

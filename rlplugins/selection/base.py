@@ -126,9 +126,11 @@ class PairSelector(abc.ABC):
 
         perm = torch.randperm(n, generator=make_generator(mix_seed(config.seed, _SHARD_SALT)))
         self.shard = torch.sort(perm[self.rank :: self.num_replicas]).values
-        if self.shard.numel() < self.batch_size:
+        # Check the smallest shard (floor(n / replicas)), not this rank's: every rank must fail alike, otherwise
+        # some ranks would start training while the others raise.
+        if n // self.num_replicas < self.batch_size:
             raise ValueError(
-                f"rank {self.rank} holds {self.shard.numel()} pairs (num_pairs={n}, num_replicas={num_replicas}), "
+                f"the smallest shard holds {n // self.num_replicas} pairs (num_pairs={n}, num_replicas={num_replicas}), "
                 f"fewer than batch_size={batch_size}: batches could not be duplicate-free"
             )
         self._in_shard = torch.zeros(n, dtype=torch.bool)

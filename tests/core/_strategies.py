@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
-ELEMENTWISE_LOSSES = ["maspo", "ppo_clip", "clip_higher", "dual_clip", "sapo", "cispo", "pg"]
+ELEMENTWISE_LOSSES = ["maspo", "ppo_clip", "clip_higher", "dual_clip", "sapo", "cispo", "pg", "unclipped"]
 ALL_LOSSES = ELEMENTWISE_LOSSES + ["gspo"]
 
 

@@ -14,10 +14,8 @@ from rlplugins.selection import (
     SageConfig,
     SageSelector,
     make_selector,
-    score_from_margin,
 )
 
-SCORED = ("sage", "sage_no_curriculum", "sage_no_filter", "signal_only", "dynamic_loss")
 
 
 class Feeder:
@@ -278,7 +276,6 @@ def test_fallback_all_unstable_pool_never_crashes_or_empties():
     n, b = 40, 8
     for cfg in (dict(), dict(granularity="online")):
         sel = SageSelector(num_pairs=n, batch_size=b, config=SageConfig(warmup_steps=0, **cfg))
-        z = torch.zeros(n, dtype=torch.float64)
         for _ in range(6):
             while (idx := sel.indices_to_score()).numel():
                 zi = torch.zeros(idx.numel(), dtype=torch.float64)
@@ -287,7 +284,6 @@ def test_fallback_all_unstable_pool_never_crashes_or_empties():
             assert batch.numel() == b and batch.unique().numel() == b
         assert sel.metrics()["selector/fallback_fraction"] == 1.0
         assert sel.metrics()["selector/unstable_fraction"] == 1.0
-        del z
 
 
 def test_fallback_sign_flipping_pool():

@@ -1,0 +1,373 @@
+"""Prompt-group selection for online RL (GRPO-style groups): SAGE's ideas applied to rollout groups.
+
+A *group* is the n sampled responses of one prompt, each with a scalar score (the rule-based reward).
+The selector sees every finished group once (``observe``), then picks ``k`` of the candidates for the next
+update (``select``). Framework-agnostic: ids and scores in, ids out; veRL's replay buffer wraps it
+(``rlplugins.integrations.verl.sampler``).
+
+What it does, per group with pass rate p = (# scores >= success_threshold) / n:
+
+1. **Drops degenerate groups** (``drop_degenerate``): p = 0 (all wrong) or p = 1 (all right). With binary
+   rewards GRPO gives such a group zero advantage, so it costs a backward pass for no signal. This contains
+   DAPO's dynamic-sampling filter (std of the group's metric = 0: equal scores cannot straddle the
+   threshold) and widens it: a group that is all correct but whose rewards differ (e.g. a length bonus) is
+   dropped here and kept by DAPO.
+2. **Competence tiers**: p >= tier_edges[-1] is tier 0 (easy), ..., p < tier_edges[0] is the hardest tier.
+   A curriculum (SAGE's refreshable pools, [reconstruction]) admits the ``initial_tiers`` easiest tiers and
+   one more each time the competence, an exponential moving average of the mean pass rate over all observed
+   groups (one update per ``select``), reaches the next entry of ``unlock_at``. Admission never goes back.
+3. **Stability**: each prompt (``prompt_key``, stable across epochs, unlike a rollout uid) keeps its last
+   ``history_size`` pass rates. A prompt whose history has a population std above ``stability_tau``
+   (e.g. it went 0.9 -> 0.2) is *unstable*: its advantage signs are not reliable (SAGE's temporal filter).
+4. **Ranking** of the non-degenerate candidates, best first: stable before unstable; admitted tiers before
+   locked ones; inside the admitted tiers the hardest first (the frontier, SAGE's "informative errors"),
+   locked tiers nearest-first; then the success variance p (1 - p) (the lower bound on the expected
+   improvement of Bae et al., arXiv 2504.03380), then arrival order. ``select`` takes the first ``k``.
+
+Selection only chooses *among* candidates: it needs a surplus (more finished groups than the batch) to
+change anything beyond step 1. The veRL wrapper creates one by refilling evicted groups and, optionally, by
+over-dispatching prompts (SAGE's online batch variant: draw B / rho candidates, keep the best B).
+
+State (histories, competence, admitted tiers, pending observations) round-trips through ``state_dict`` /
+``load_state_dict`` as plain JSON-compatible data, so a resumed run makes the same choices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+STATE_VERSION = 1
+
+
+def _check_number(name: str, value: Any, low: float | None = None, high: float | None = None,
+                  low_open: bool = False, high_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"PromptGroupSelectorConfig.{name} must be a finite number, got {value!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"PromptGroupSelectorConfig.{name} must be {'>' if low_open else '>='} {low:g}, got {value!r}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ValueError(f"PromptGroupSelectorConfig.{name} must be {'<' if high_open else '<='} {high:g}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PromptGroupSelectorConfig:
+    """Parameters of ``PromptGroupSelector`` (see the module docstring for what each one does)."""
+
+    success_threshold: float = 0.5
+    tier_edges: tuple[float, ...] = (1.0 / 3.0, 2.0 / 3.0)
+    drop_degenerate: bool = True
+    history_size: int = 4
+    stability_tau: float = 0.25
+    curriculum: bool = True
+    initial_tiers: int = 2
+    unlock_at: tuple[float, ...] = (0.5,)
+    competence_momentum: float = 0.9
+    max_prompts: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        _check_number("success_threshold", self.success_threshold)
+        edges = tuple(self.tier_edges)
+        object.__setattr__(self, "tier_edges", edges)
+        if not edges:
+            raise ValueError("PromptGroupSelectorConfig.tier_edges must hold at least one pass-rate edge, e.g. (1/3, 2/3)")
+        for e in edges:
+            _check_number("tier_edges[...]", e, 0.0, 1.0, low_open=True, high_open=True)
+        if any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ValueError(f"PromptGroupSelectorConfig.tier_edges must be strictly increasing, got {edges!r}")
+        for name in ("drop_degenerate", "curriculum"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"PromptGroupSelectorConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        for name, low in (("history_size", 1), ("initial_tiers", 1), ("max_prompts", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"PromptGroupSelectorConfig.{name} must be an int >= {low}, got {value!r}")
+        if self.initial_tiers > self.num_tiers:
+            raise ValueError(
+                f"PromptGroupSelectorConfig.initial_tiers must be <= the number of tiers ({self.num_tiers} from "
+                f"tier_edges={edges!r}), got {self.initial_tiers}"
+            )
+        _check_number("stability_tau", self.stability_tau, 0.0)
+        _check_number("competence_momentum", self.competence_momentum, 0.0, 1.0, high_open=True)
+        unlock = tuple(self.unlock_at)
+        object.__setattr__(self, "unlock_at", unlock)
+        locked = self.num_tiers - self.initial_tiers
+        if self.curriculum and len(unlock) != locked:
+            raise ValueError(
+                f"PromptGroupSelectorConfig.unlock_at needs one competence threshold per locked tier "
+                f"({locked} = {self.num_tiers} tiers - initial_tiers {self.initial_tiers}), got {unlock!r}"
+            )
+        for u in unlock:
+            _check_number("unlock_at[...]", u, 0.0, 1.0)
+        if any(b < a for a, b in zip(unlock, unlock[1:])):
+            raise ValueError(f"PromptGroupSelectorConfig.unlock_at must be non-decreasing, got {unlock!r}")
+
+    @property
+    def num_tiers(self) -> int:
+        return len(self.tier_edges) + 1
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "PromptGroupSelectorConfig":
+        """Build from a mapping (e.g. framework kwargs); an unknown key raises and names the closest field."""
+        import difflib
+
+        names = [f for f in cls.__dataclass_fields__]
+        for key in values:
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"PromptGroupSelectorConfig has no field {key!r}.{hint} Fields: {', '.join(names)}")
+        kwargs = dict(values)
+        for key in ("tier_edges", "unlock_at"):
+            if key in kwargs and kwargs[key] is not None:
+                kwargs[key] = tuple(float(v) for v in kwargs[key])
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class GroupObservation:
+    """What the selector recorded about one finished group."""
+
+    group_id: str
+    prompt_key: str
+    pass_rate: float
+    num_samples: int
+    tier: int
+    history_std: float
+    stable: bool
+    degenerate: bool
+    order: int
+
+    @property
+    def success_variance(self) -> float:
+        return self.pass_rate * (1.0 - self.pass_rate)
+
+
+@dataclass(frozen=True)
+class Selection:
+    selected: list[str]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def pass_rate_tier(pass_rate: float, tier_edges: Sequence[float]) -> int:
+    """0 = easiest (p >= last edge) ... len(tier_edges) = hardest (p < first edge)."""
+    return sum(1 for edge in tier_edges if pass_rate < edge)
+
+
+class PromptGroupSelector:
+    """Stateful selector over finished prompt groups; see the module docstring for the rules."""
+
+    def __init__(self, config: PromptGroupSelectorConfig | Mapping[str, Any] | None = None) -> None:
+        if config is None:
+            config = PromptGroupSelectorConfig()
+        elif isinstance(config, Mapping):
+            config = PromptGroupSelectorConfig.from_mapping(config)
+        elif not isinstance(config, PromptGroupSelectorConfig):
+            raise TypeError(f"config must be a PromptGroupSelectorConfig, a mapping or None, got {type(config).__name__}")
+        self.config = config
+        self._histories: OrderedDict[str, list[float]] = OrderedDict()
+        self._pending: dict[str, GroupObservation] = {}
+        self._order = 0
+        self._competence: float | None = None
+        self._admitted = config.initial_tiers if config.curriculum else config.num_tiers
+        self._round_sum = 0.0
+        self._round_count = 0
+        self._round_degenerate = 0
+        self._rounds = 0
+
+    # ------------------------------------------------------------------ observing
+
+    @property
+    def competence(self) -> float | None:
+        return self._competence
+
+    @property
+    def admitted_tiers(self) -> int:
+        return self._admitted
+
+    def pending(self, group_id: str) -> GroupObservation | None:
+        return self._pending.get(group_id)
+
+    def history(self, prompt_key: str) -> tuple[float, ...]:
+        return tuple(self._histories.get(prompt_key, ()))
+
+    def observe(self, group_id: str, prompt_key: str, scores: Sequence[float]) -> GroupObservation:
+        """Record a finished group once; observing the same ``group_id`` again returns the stored record."""
+        known = self._pending.get(group_id)
+        if known is not None:
+            return known
+        values = [float(s) for s in scores]
+        if not values:
+            raise ValueError(f"group {group_id!r} has no scores; observe groups with at least one trajectory")
+        bad = [v for v in values if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"group {group_id!r} has non-finite scores {bad[:3]}")
+        cfg = self.config
+        passes = sum(1 for v in values if v >= cfg.success_threshold)
+        p = passes / len(values)
+        history = self._histories.pop(prompt_key, [])
+        history.append(p)
+        del history[: max(0, len(history) - cfg.history_size)]
+        self._histories[prompt_key] = history  # most recently seen last (bounded LRU)
+        while len(self._histories) > cfg.max_prompts:
+            self._histories.popitem(last=False)
+        std = _pstdev(history)
+        # p in {0, 1} covers DAPO's criterion too: equal scores cannot straddle the threshold.
+        degenerate = p in (0.0, 1.0)
+        obs = GroupObservation(
+            group_id=group_id,
+            prompt_key=prompt_key,
+            pass_rate=p,
+            num_samples=len(values),
+            tier=pass_rate_tier(p, cfg.tier_edges),
+            history_std=std,
+            stable=len(history) < 2 or std <= cfg.stability_tau,
+            degenerate=degenerate,
+            order=self._order,
+        )
+        self._order += 1
+        self._pending[group_id] = obs
+        self._round_sum += p
+        self._round_count += 1
+        self._round_degenerate += int(degenerate)
+        return obs
+
+    def should_drop(self, group_id: str) -> bool:
+        """True for an observed degenerate group when ``drop_degenerate`` is on (evict it, refill)."""
+        obs = self._pending.get(group_id)
+        return bool(obs is not None and obs.degenerate and self.config.drop_degenerate)
+
+    def discard(self, group_ids: Iterable[str]) -> None:
+        """Forget pending observations of groups that left the buffer unselected (evicted, surplus)."""
+        for gid in group_ids:
+            self._pending.pop(gid, None)
+
+    # ------------------------------------------------------------------ selecting
+
+    def _rank_key(self, obs: GroupObservation) -> tuple:
+        admitted = obs.tier < self._admitted
+        return (
+            obs.degenerate,
+            not obs.stable,
+            not admitted,
+            -obs.tier if admitted else obs.tier,
+            -obs.success_variance,
+            obs.order,
+        )
+
+    def rank(self, group_ids: Iterable[str]) -> list[str]:
+        """Best first; ids never observed (no trajectories) come last, in the given order."""
+        ids = list(dict.fromkeys(group_ids))
+        known = sorted((self._pending[g] for g in ids if g in self._pending), key=self._rank_key)
+        return [o.group_id for o in known] + [g for g in ids if g not in self._pending]
+
+    def select(self, group_ids: Iterable[str], k: int) -> Selection:
+        """Pick ``k`` of ``group_ids``, close the round (competence, curriculum), report metrics.
+
+        The selected groups leave the pending set; the others stay pending (the caller discards them if it
+        drops them). Degenerate groups are ranked last, so they are taken only when nothing else is left.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"k must be an int >= 0, got {k!r}")
+        ranked = self.rank(group_ids)
+        chosen = ranked[:k]
+        chosen_obs = [self._pending[g] for g in chosen if g in self._pending]
+        candidates = [self._pending[g] for g in ranked if g in self._pending]
+        metrics: dict[str, float] = {
+            "candidates": float(len(ranked)),
+            "selected": float(len(chosen)),
+        }
+        if chosen_obs:
+            n = float(len(chosen_obs))
+            metrics.update(
+                selected_pass_rate_mean=sum(o.pass_rate for o in chosen_obs) / n,
+                selected_unstable_frac=sum(not o.stable for o in chosen_obs) / n,
+                selected_locked_tier_frac=sum(o.tier >= self._admitted for o in chosen_obs) / n,
+                selected_degenerate_frac=sum(o.degenerate for o in chosen_obs) / n,
+            )
+        for tier in range(self.config.num_tiers):
+            metrics[f"candidates_tier{tier}"] = float(sum(o.tier == tier for o in candidates))
+        self.discard(chosen)
+        metrics.update(self._close_round())
+        return Selection(selected=chosen, metrics=metrics)
+
+    def _close_round(self) -> dict[str, float]:
+        cfg = self.config
+        metrics: dict[str, float] = {"observed": float(self._round_count), "degenerate": float(self._round_degenerate)}
+        if self._round_count:
+            mean = self._round_sum / self._round_count
+            metrics["observed_pass_rate_mean"] = mean
+            m = cfg.competence_momentum
+            self._competence = mean if self._competence is None else m * self._competence + (1.0 - m) * mean
+        if cfg.curriculum and self._competence is not None:
+            while self._admitted < cfg.num_tiers:
+                threshold = cfg.unlock_at[self._admitted - cfg.initial_tiers]
+                if self._competence < threshold:
+                    break
+                self._admitted += 1
+        self._round_sum, self._round_count, self._round_degenerate = 0.0, 0, 0
+        self._rounds += 1
+        if self._competence is not None:
+            metrics["competence"] = self._competence
+        metrics["admitted_tiers"] = float(self._admitted)
+        return metrics
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-compatible state: everything ``select`` depends on."""
+        return {
+            "version": STATE_VERSION,
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.config).items()},
+            "histories": [[key, list(hist)] for key, hist in self._histories.items()],
+            "pending": [asdict(o) for o in sorted(self._pending.values(), key=lambda o: o.order)],
+            "order": self._order,
+            "competence": self._competence,
+            "admitted_tiers": self._admitted,
+            "round": [self._round_sum, self._round_count, self._round_degenerate],
+            "rounds": self._rounds,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state_dict()`` output. The selector keeps its own config (a resumed run may change it)."""
+        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
+            found = state.get("version") if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"PromptGroupSelector state must have version {STATE_VERSION}, got {found!r}")
+        cfg = self.config
+        histories: OrderedDict[str, list[float]] = OrderedDict()
+        for key, hist in state["histories"]:
+            histories[str(key)] = [float(v) for v in hist][-cfg.history_size:]
+        while len(histories) > cfg.max_prompts:
+            histories.popitem(last=False)
+        pending = {}
+        for item in state["pending"]:
+            obs = GroupObservation(**item)
+            pending[obs.group_id] = obs
+        round_sum, round_count, round_degenerate = state["round"]
+        self._histories = histories
+        self._pending = pending
+        self._order = int(state["order"])
+        self._competence = None if state["competence"] is None else float(state["competence"])
+        self._admitted = min(max(int(state["admitted_tiers"]), 1), cfg.num_tiers)
+        if not cfg.curriculum:
+            self._admitted = cfg.num_tiers
+        self._round_sum, self._round_count, self._round_degenerate = float(round_sum), int(round_count), int(round_degenerate)
+        self._rounds = int(state["rounds"])
+
+
+def _pstdev(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+__all__ = [
+    "GroupObservation",
+    "PromptGroupSelector",
+    "PromptGroupSelectorConfig",
+    "Selection",
+    "pass_rate_tier",
+]
