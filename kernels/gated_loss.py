@@ -112,7 +112,7 @@ def gated_token_loss(
         log_prob, old_log_prob, advantages: float tensors of one shape, on one device. Only ``log_prob``
             receives a gradient: the old log-probs and advantages are constants, as in the core.
         loss: a name with a Triton gate (``rlplugins.kernels.list_gates()``): maspo, ppo_clip, clip_higher,
-            dual_clip, sapo, cispo, pg.
+            dual_clip, sapo, cispo, pg, unclipped.
         config: the loss's hyper-parameters: the core's config dataclass (e.g. ``MaspoConfig()``) or any object
             or mapping with the same fields; may be None only for losses without parameters (pg).
         response_mask: optional mask of the same shape; masked positions get exactly zero loss and gradient.

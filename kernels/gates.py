@@ -66,6 +66,14 @@ def pg_gate(logp, old, adv, P0, P1, P2, P3, P4, P5, P6, P7, P8, P9, P10, P11):
 
 
 @triton.jit
+def unclipped_gate(logp, old, adv, P0, P1, P2, P3, P4, P5, P6, P7, P8, P9, P10, P11):
+    """Unclipped surrogate (the no-gate control): l = -A r, dl/dlogp = -A r (0 beyond the +-20 clamp)."""
+    log_ratio, passes = clamped_log_ratio(logp, old, _LOG_RATIO_CLAMP)
+    r = tl.exp(log_ratio)
+    return -adv * r, tl.where(passes, -adv * r, 0.0)
+
+
+@triton.jit
 def ppo_clip_gate(logp, old, adv, LOW, HIGH, DUAL_C, P3, P4, P5, P6, P7, P8, P9, P10, P11):
     """PPO clip: l = max(-A r, -A clip(r, LOW, HIGH)), then the dual clip; dl/dlogp = -A r where unclipped.
     LOW = 1 - eps_low and HIGH = 1 + eps_high arrive precomputed (as the core's float32 clamp bounds)."""
@@ -259,6 +267,7 @@ _MASPO_FIELDS = (
 )
 
 register_gate("pg", pg_gate)
+register_gate("unclipped", unclipped_gate)
 for _name in ("ppo_clip", "clip_higher", "dual_clip"):  # one gate, three presets of the core
     register_gate(_name, ppo_clip_gate, fields=_CLIP_FIELDS, pack=_pack_clip)
 register_gate("sapo", sapo_gate, fields=("tau_pos", "tau_neg"), pack=_pack_sapo)

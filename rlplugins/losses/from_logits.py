@@ -6,7 +6,7 @@
 Backends (none materialises a float32 [tokens x vocab] log-softmax):
 
 - ``"triton"``: the kernels of ``rlplugins.kernels``. Losses with a Triton gate (maspo, ppo_clip,
-  clip_higher, dual_clip, sapo, cispo, pg) run fully fused (``fused_policy_loss``); the others (gspo) take
+  clip_higher, dual_clip, sapo, cispo, pg, unclipped) run fully fused (``fused_policy_loss``); the others (gspo) take
   ``token_logprobs`` and this package's torch loss (``compute_policy_loss``). ``fused=False`` forces the latter.
 - ``"torch"``: ``chunked_token_logprobs`` (a few rows at a time) then ``compute_policy_loss``.
 - ``"auto"``: ``"triton"`` for CUDA tensors when Triton is installed, otherwise ``"torch"``.

@@ -28,6 +28,7 @@ CONFIG_OVERRIDES = {
     "sapo": [{}, {"tau_pos": 2.0, "tau_neg": 0.5}],
     "cispo": [{}, {"eps_low": 1.0, "eps_high": 4.0}],
     "pg": [{}],
+    "unclipped": [{}],
 }
 
 

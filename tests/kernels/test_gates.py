@@ -29,6 +29,7 @@ from rlplugins.losses import (
     PgConfig,
     PpoClipConfig,
     SapoConfig,
+    UnclippedConfig,
     get_policy_loss,
     list_policy_losses,
     token_policy_loss,
@@ -58,6 +59,7 @@ CONFIGS = {
     "sapo": st.builds(SapoConfig, tau_pos=st.sampled_from([0.5, 1.0, 2.0]), tau_neg=st.sampled_from([0.5, 1.05, 3.0])),
     "cispo": st.builds(CispoConfig, eps_low=st.sampled_from([0.2, 1.0]), eps_high=st.sampled_from([0.2, 4.0])),
     "pg": st.just(PgConfig()),
+    "unclipped": st.just(UnclippedConfig()),
 }
 
 
