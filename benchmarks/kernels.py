@@ -1,7 +1,8 @@
 """Benchmark of gated token losses from logits: time, peak memory, effective bandwidth, accuracy.
 
     .venv/bin/python benchmarks/kernels.py                 # GPU if present, else the CPU mode
-    make bench BENCH_ARGS="--tokens 4096 --vocab 151936"   # any subset
+    make bench BENCH_ARGS="--tokens 4096 --vocab 151936"   # any subset (compiled Triton even though make
+                                                           # exports TRITON_INTERPRET=1: the script resets it)
 
 Providers (one loss = per-token gate + token-mean / seq-mean-token-mean aggregation, forward and backward
 down to the logits, bfloat16 logits):
@@ -34,16 +35,22 @@ Outputs: a table on stdout, ``benchmarks/results/kernels_<device>.json`` and ``.
 
 from __future__ import annotations
 
+import os
+import sys
+
+# `make` exports TRITON_INTERPRET=1 for the CPU test suite; timing the interpreter on a GPU would be meaningless.
+# Compiled kernels unless --interpret (a CPU smoke test of this script) is asked for; set before Triton loads.
+if "--interpret" not in sys.argv:
+    os.environ["TRITON_INTERPRET"] = "0"
+
 import argparse
 import importlib.util
 import json
 import math
-import os
 import platform
 import re
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -516,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
                         "OpenMP threads that wait for busy cores make every op ~100x slower)")
     parser.add_argument("--tag", help="output file suffix (default: the device name)")
     parser.add_argument("--out", default=RESULTS_DIR)
+    parser.add_argument("--interpret", action="store_true",
+                        help="keep TRITON_INTERPRET=1: run the Triton providers in the CPU interpreter (a smoke test)")
     parser.add_argument("--replot", metavar="JSON", help="redraw the PNG of an existing result file and exit")
     parser.add_argument("--_memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -642,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _interpreter() -> bool:
-    """TRITON_INTERPRET=1 lets the Triton providers run on CPU: a smoke test of this script, not a timing."""
+    """With --interpret (TRITON_INTERPRET=1) the Triton providers run on CPU: a smoke test, not a timing."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 

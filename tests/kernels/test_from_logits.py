@@ -62,6 +62,7 @@ def test_chunked_torch_path_matches_float64(case, inplace):
     assert bool((base.grad[labels == IGNORE] == 0).all())
 
 
+@pytest.mark.interpreter
 @settings(max_examples=H.examples(15))
 @given(logits_case())
 def test_torch_and_triton_backends_agree(case):
@@ -114,6 +115,7 @@ def test_chunked_path_never_materialises_a_float32_row_block_beyond_its_chunk(in
 LOSSES = list_policy_losses()
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("name", LOSSES)
 def test_policy_loss_from_logits_equals_the_core_on_every_backend(name):
     g = torch.Generator().manual_seed(LOSSES.index(name))
@@ -158,6 +160,7 @@ def test_policy_loss_from_logits_equals_the_core_on_every_backend(name):
     assert paths == expected
 
 
+@pytest.mark.interpreter
 def test_backend_resolution_and_errors(monkeypatch):
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
     with pytest.raises(ValueError, match="backend must be one of auto, torch, triton"):

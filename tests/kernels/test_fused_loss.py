@@ -19,6 +19,9 @@ _spec = importlib.util.spec_from_file_location("_kernel_helpers", pathlib.Path(_
 H = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(H)
 
+# Triton on CPU tensors (see conftest.py); the tests marked cuda are governed by that mark instead.
+pytestmark = pytest.mark.interpreter
+
 # Non-default settings exercising every branch of the gates (dual clip, MASPO paper/bilateral variants).
 CONFIG_OVERRIDES = {
     "maspo": [{}, {"variant": "paper", "alpha": 0.5}, {"dual_clip": 3.0, "bilateral": True}],
