@@ -7,6 +7,8 @@
 from .advantages import grpo_advantages
 from .aggregation import AGG_MODES, agg_loss
 from .api import METRIC_KEYS, compute_policy_loss, token_policy_loss
+from .chunked_logprobs import chunked_token_logprobs
+from .from_logits import BACKENDS, LogitsPolicyLossOutput, LogprobsOutput, logprobs_from_logits, policy_loss_from_logits, resolve_backend
 from .dpo import DPO_LOSS_TYPES, DPOConfig, DPOLossOutput, dpo_loss
 from .config import (
     CispoConfig,
@@ -27,6 +29,13 @@ from .token_loss import TokenLoss
 from . import cispo, gspo, maspo, pg, ppo_clip, sapo, unclipped  # noqa: E402,F401  isort: skip
 
 __all__ = [
+    "BACKENDS",
+    "LogitsPolicyLossOutput",
+    "LogprobsOutput",
+    "chunked_token_logprobs",
+    "logprobs_from_logits",
+    "policy_loss_from_logits",
+    "resolve_backend",
     "AGG_MODES",
     "METRIC_KEYS",
     "CispoConfig",

@@ -78,7 +78,7 @@ def compute_policy_loss(
     valid = check_policy_inputs(log_prob, old_log_prob, advantages, response_mask, rollout_is_weights)
     if on_nonfinite not in ("raise", "mask"):
         raise ValueError(f"on_nonfinite must be 'raise' or 'mask', got {on_nonfinite!r}")
-    gbi = _global_batch_info(global_batch_info)
+    gbi = normalize_global_batch_info(global_batch_info)
 
     dtype = _compute_dtype(log_prob)
     lp, old, adv = log_prob.to(dtype), old_log_prob.detach().to(dtype), advantages.detach().to(dtype)
@@ -114,7 +114,8 @@ def compute_policy_loss(
     return loss, metrics
 
 
-def _global_batch_info(info: Mapping[str, Any] | None) -> dict[str, Any]:
+def normalize_global_batch_info(info: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate veRL-style global batch counts and drop ``None`` entries (keyword arguments for ``agg_loss``)."""
     allowed = ("batch_num_tokens", "global_batch_size", "dp_size", "loss_scale_factor")
     if info is None:
         return {}

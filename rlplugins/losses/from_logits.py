@@ -27,7 +27,7 @@ from typing import Any, Mapping, NamedTuple
 import torch
 
 from .aggregation import agg_loss
-from .api import _global_batch_info, compute_policy_loss
+from .api import normalize_global_batch_info, compute_policy_loss
 from .checks import as_bool_mask
 from .chunked_logprobs import check_temperature, chunked_token_logprobs
 from .config import PolicyLossConfig
@@ -153,7 +153,7 @@ def policy_loss_from_logits(
     if labels.shape != logits.shape[:-1]:
         raise ValueError(f"labels must have shape {tuple(logits.shape[:-1])} (logits.shape[:-1]), got {tuple(labels.shape)}")
     temperature = check_temperature(temperature)
-    gbi = _global_batch_info(global_batch_info)
+    gbi = normalize_global_batch_info(global_batch_info)
     chosen = resolve_backend(backend, logits.device)
 
     if chosen == "triton":
