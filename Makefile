@@ -9,6 +9,10 @@ VPY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 PIP_FLAGS := --disable-pip-version-check -q
 export TRITON_INTERPRET ?= 1
+# Never put the working directory on sys.path: the repo root holds kernels/, integrations/ and tests/, which
+# would shadow other distributions' top-level packages (transformers probes for HF's `kernels` package).
+# Exported, so subprocesses and Ray workers inherit it.
+export PYTHONSAFEPATH := 1
 
 # Framework makefiles append their test targets to EXTRA_TEST_TARGETS.
 EXTRA_TEST_TARGETS :=

@@ -24,8 +24,11 @@ SUPPORT = os.path.dirname(os.path.abspath(rlp_openrlhf_stubs.__file__))
 
 
 @pytest.fixture
-def local_ray():
+def local_ray(monkeypatch):
     temp_dir = tempfile.mkdtemp(prefix="rlp-ray-")  # short: Ray's socket paths must fit in 107 bytes
+    # Ray puts the driver's working directory on its workers' sys.path; from the repo root that would expose our
+    # top-level kernels/ directory as a package named `kernels`, which transformers mistakes for HF's `kernels`.
+    monkeypatch.chdir(temp_dir)
     ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir,
              runtime_env={"env_vars": {"PYTHONPATH": SUPPORT, "TOKENIZERS_PARALLELISM": "false"},
                           "worker_process_setup_hook": "rlp_openrlhf_stubs.install"})
