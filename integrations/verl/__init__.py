@@ -37,6 +37,8 @@ _LAZY = {
     "SUPPORTED_VERL_VERSIONS": "compat",
     "UnsupportedVerlVersion": "compat",
     "require_supported_verl": "compat",
+    "install_token_logprobs": "token_logprobs",
+    "uninstall_token_logprobs": "token_logprobs",
 }
 
 __all__ = sorted(_LAZY)
@@ -62,6 +64,7 @@ if "verl" in sys.modules:
     # imports a _target_'s module, and shows those raised by the constructor).
     try:
         importlib.import_module(f"{__name__}.losses").register_policy_losses()
+        importlib.import_module(f"{__name__}.token_logprobs").install_from_env()  # opt-in, off by default
     except ImportError as _exc:
         import warnings
 

@@ -7,5 +7,8 @@ logged at debug level), so a failure here shows up later as "Unsupported loss mo
 """
 
 from .losses import register_policy_losses
+from .token_logprobs import install_from_env
 
 REGISTERED = register_policy_losses()
+# Opt-in (RLPLUGINS_VERL_TOKEN_LOGPROBS=1): route veRL's log-prob/entropy functions through our kernel.
+TOKEN_LOGPROBS = install_from_env()
