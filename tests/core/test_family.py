@@ -190,7 +190,8 @@ def test_sapo_value_and_weight_at_known_points():
     logp = torch.tensor([[-1.0, -1.0]], dtype=torch.float64)
     adv = torch.tensor([[2.0, -2.0]], dtype=torch.float64)
     tok = token_policy_loss("sapo", log_prob=logp, old_log_prob=logp, advantages=adv)
-    torch.testing.assert_close(tok.loss, torch.tensor([[-4.0, 4.0 / 1.05 * 1.0]], dtype=torch.float64) * torch.tensor([[1.0, 1.0]], dtype=torch.float64))
+    # A = 2, tau_pos = 1: -(4/1)(1/2)(2) = -4;  A = -2, tau_neg = 1.05: -(4/1.05)(1/2)(-2) = 4/1.05.
+    torch.testing.assert_close(tok.loss, torch.tensor([[-4.0, 4.0 / 1.05]], dtype=torch.float64))
     torch.testing.assert_close(tok.gate, torch.ones(1, 2, dtype=torch.float64))
 
 
