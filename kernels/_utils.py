@@ -1,6 +1,8 @@
 """Shared helpers for the kernels: input checks, launch configurations, row addressing.
 
-Nothing here imports the rlplugins core or any framework: the kernels take tensors and plain numbers.
+Nothing here imports the rlplugins core or any framework: the kernels take tensors and plain numbers. Input
+checks on tensors (labels, masks, temperature, overlap, non-finite rows) come from ``rlplugins.tensor_checks``, a
+torch-only leaf shared with the core, so both layers accept and reject exactly the same inputs.
 """
 
 from __future__ import annotations
@@ -10,6 +12,17 @@ from dataclasses import dataclass
 
 import torch
 import triton
+
+from rlplugins.tensor_checks import (  # noqa: F401  (re-exported for the kernel modules)
+    as_bool_mask,
+    check_finite_rows,
+    check_labels,
+    check_no_overlap,
+    check_temperature,
+    require_float,
+    require_like,
+    require_tensor,
+)
 
 #: Logit dtypes the kernels read (computation is always float32).
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -82,49 +95,13 @@ def vocab_launch_config(vocab: int, kind: str, block_size: int | None = None) ->
 
 def check_logits(logits: torch.Tensor, name: str = "logits") -> None:
     """Raise TypeError/ValueError unless ``logits`` is a float32/bf16/fp16 tensor of shape [N, V] or [B, T, V]."""
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
+    require_tensor(name, logits)
     if logits.dtype not in LOGIT_DTYPES:
         raise TypeError(f"{name} must be float32, bfloat16 or float16, got {logits.dtype}")
     if logits.dim() not in (2, 3):
         raise ValueError(f"{name} must have shape [N, V] or [B, T, V], got {tuple(logits.shape)}")
     if logits.shape[-1] < 1:
         raise ValueError(f"{name} must have a non-empty vocabulary dimension, got {tuple(logits.shape)}")
-
-
-def check_labels(labels: torch.Tensor, logits: torch.Tensor, ignore_index: int, name: str = "labels") -> torch.Tensor:
-    """Check ``labels`` against ``logits`` and return it contiguous, flattened to [rows].
-
-    A label outside ``[0, V)`` that is not ``ignore_index`` raises a ValueError (this costs one device sync;
-    the kernels would otherwise return NaN for that row rather than read out of bounds).
-    """
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-        raise TypeError(f"{name} must be an integer tensor, got {labels.dtype}")
-    if tuple(labels.shape) != tuple(logits.shape[:-1]):
-        raise ValueError(
-            f"{name} must have shape {tuple(logits.shape[:-1])} (logits.shape[:-1]), got {tuple(labels.shape)}"
-        )
-    if labels.device != logits.device:
-        raise ValueError(f"{name} is on {labels.device} but logits is on {logits.device}")
-    flat = labels.reshape(-1).to(torch.int64).contiguous()
-    vocab = logits.shape[-1]
-    if flat.numel() and bool((((flat < 0) | (flat >= vocab)) & (flat != ignore_index)).any()):
-        bad = flat[((flat < 0) | (flat >= vocab)) & (flat != ignore_index)][:5].tolist()
-        raise ValueError(
-            f"{name} must lie in [0, {vocab}) or equal ignore_index={ignore_index}; found e.g. {bad}"
-        )
-    return flat
-
-
-def check_temperature(temperature: float) -> float:
-    if isinstance(temperature, torch.Tensor) or isinstance(temperature, bool):
-        raise TypeError(f"temperature must be a Python float, got {type(temperature).__name__}")
-    temperature = float(temperature)
-    if not (temperature > 0.0) or temperature == float("inf"):
-        raise ValueError(f"temperature must be a finite float > 0, got {temperature}")
-    return temperature
 
 
 def row_layout(logits: torch.Tensor) -> tuple[torch.Tensor, int, int, int, int]:

@@ -23,7 +23,19 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import as_float_rows, check_logits, check_temperature, row_layout, vocab_launch_config
+from ._utils import (
+    as_bool_mask,
+    as_float_rows,
+    check_finite_rows,
+    check_labels,
+    check_logits,
+    check_no_overlap,
+    check_temperature,
+    require_float,
+    require_tensor,
+    row_layout,
+    vocab_launch_config,
+)
 from .gates import get_gate
 from .logprobs import (
     RowStats,
@@ -168,21 +180,17 @@ def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, loss_agg_mode: str | A
     if loss_agg_mode == "seq-mean-token-mean":
         seq = seq / tokens.clamp(min=1).to(seq.dtype)
     loss = seq.sum() / (tokens > 0).sum().clamp(min=1).to(seq.dtype)
-    if loss_agg_mode == "seq-mean-token-sum-norm":
+    if loss_agg_mode == "seq-mean-token-sum-norm" and loss_mat.shape[-1]:  # zero-length responses: loss 0
         loss = loss / loss_mat.shape[-1]
     return loss
 
 
-def _as_mask(mask: torch.Tensor, shape: torch.Size, device: torch.device) -> torch.Tensor:
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"response_mask must be a torch.Tensor, got {type(mask).__name__}")
-    if mask.shape != shape or mask.device != device:
-        raise ValueError(f"response_mask must have shape {tuple(shape)} on {device}, got {tuple(mask.shape)} on {mask.device}")
-    if mask.dtype == torch.bool:
-        return mask
-    if mask.is_complex() or bool(((mask != 0) & (mask != 1)).any()):
-        raise ValueError(f"response_mask must be bool or contain only 0 and 1, got dtype {mask.dtype}")
-    return mask != 0
+def _require_rows(name: str, t: torch.Tensor, logits: torch.Tensor) -> None:
+    if t.device != logits.device:
+        raise ValueError(f"{name} is on {t.device} but logits is on {logits.device}")
+    if t.shape != logits.shape[:-1]:
+        raise ValueError(f"{name} must have shape {tuple(logits.shape[:-1])} (logits.shape[:-1]), got "
+                         f"{tuple(t.shape)} (no broadcasting)")
 
 
 def fused_policy_loss(
@@ -209,16 +217,18 @@ def fused_policy_loss(
 
     Args:
         logits: [B, T, V] (or [N, V]) float32/bf16/fp16; strided views with unit vocab stride are read in place.
-        labels: integer ids, shape ``logits.shape[:-1]``; only read where ``response_mask`` is set.
+        labels: int64/int32 ids, shape ``logits.shape[:-1]``; only read where ``response_mask`` is set, and there
+            they must lie in [0, V) (ignore_index at a valid position raises).
         old_log_prob: float, shape of ``labels``, or None for the on-policy case (``old = sg(logp)``, ratio 1).
         advantages: float, shape of ``labels`` (per-token; broadcast sequence advantages yourself).
         response_mask: bool or 0/1, shape of ``labels``: masked tokens get zero loss and an exactly zero gradient row.
         loss: gate name (``list_gates()``); config: its hyper-parameters (core config dataclass or mapping).
-        temperature: T > 0. loss_agg_mode: one of veRL's five modes (micro-batch counts) or a callable
+        temperature: T >= 1e-6. loss_agg_mode: one of veRL's five modes (micro-batch counts) or a callable
             ``(loss_mat, mask) -> scalar``.
         return_entropy: also return the per-token entropy (differentiable: an entropy bonus works).
         rollout_is_weights: optional detached per-token weights multiplying the loss before aggregation.
-        inplace_backward: write the gradient into ``logits`` (destroys them; saves one [N, V] buffer).
+        inplace_backward: write the gradient into ``logits`` (destroys them; saves one [N, V] buffer; refused for
+            logits with overlapping memory).
 
     Returns:
         ``FusedPolicyLossOutput(loss, log_prob, entropy)``.
@@ -229,49 +239,46 @@ def fused_policy_loss(
     check_device(logits)
     temperature = check_temperature(temperature)
     shape = logits.shape[:-1]
-    dev = logits.device
-    if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be an integer tensor, got {getattr(labels, 'dtype', type(labels).__name__)}")
-    if labels.shape != shape or labels.device != dev:
-        raise ValueError(f"labels must have shape {tuple(shape)} on {dev}, got {tuple(labels.shape)} on {labels.device}")
     per_token = {"advantages": advantages, "rollout_is_weights": rollout_is_weights}
     if old_log_prob is not None:
         per_token["old_log_prob"] = old_log_prob
     for name, t in per_token.items():
         if t is None:
             continue
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}")
-        if t.shape != shape or t.device != dev:
-            raise ValueError(
-                f"{name} must have shape {tuple(shape)} (logits.shape[:-1]) on {dev}, got {tuple(t.shape)} on "
-                f"{t.device} (no broadcasting)"
-            )
-    mask = _as_mask(response_mask, shape, dev)
+        require_tensor(name, t)
+        require_float(name, t)
+        _require_rows(name, t, logits)
+    _require_rows("response_mask", require_tensor("response_mask", response_mask), logits)
+    mask = as_bool_mask("response_mask", response_mask)
+    # Labels are read only where response_mask is set: there ignore_index or an out-of-range id is an error.
+    labels64 = check_labels(labels, logits, ignore_index, valid=mask)
+    if inplace_backward:
+        check_no_overlap("logits", logits)
 
-    vocab = logits.shape[-1]
-    labels64 = labels.to(torch.int64)
     flat_mask = mask.reshape(-1)
-    flat_labels = torch.where(flat_mask, labels64.reshape(-1), torch.full_like(labels64.reshape(-1), ignore_index))
+    flat_labels = torch.where(flat_mask, labels64, torch.full_like(labels64, ignore_index))
     old = None if old_log_prob is None else old_log_prob.detach().reshape(-1).to(torch.float32).contiguous()
     adv = advantages.detach().reshape(-1).to(torch.float32).contiguous()
-    # One host sync for all input checks: labels in range, finite per-token inputs at valid positions.
+    # One host sync for the value checks: finite per-token inputs and non-negative weights at valid positions.
     finite = torch.isfinite(adv) if old is None else torch.isfinite(adv) & torch.isfinite(old)
+    negative = torch.zeros_like(flat_mask)
     if rollout_is_weights is not None:
-        finite &= torch.isfinite(rollout_is_weights.detach().reshape(-1))
-    bad_label = flat_mask & ((flat_labels < 0) | (flat_labels >= vocab))
+        w_flat = rollout_is_weights.detach().reshape(-1)
+        finite &= torch.isfinite(w_flat)
+        negative = flat_mask & (w_flat < 0)
     bad_value = flat_mask & ~finite
-    n_bad_label, n_bad_value = (torch.stack([bad_label.sum(), bad_value.sum()]).tolist() if flat_mask.numel() else (0, 0))
-    if n_bad_label:
-        raise ValueError(f"labels must lie in [0, {vocab}) at valid (response_mask) positions; {n_bad_label} do not, "
-                         f"e.g. {flat_labels[bad_label][:5].tolist()}")
+    n_bad_value, n_negative = (torch.stack([bad_value.sum(), negative.sum()]).tolist() if flat_mask.numel() else (0, 0))
     if n_bad_value:
         raise ValueError(f"{n_bad_value} valid position(s) hold non-finite old_log_prob/advantages/rollout_is_weights")
+    if n_negative:
+        raise ValueError(f"rollout_is_weights must be >= 0 at valid positions (a negative importance weight flips the "
+                         f"sign of the loss); {n_negative} are negative")
 
     loss_t, logp, ent = FusedGatedTokenLossFunction.apply(
         logits, flat_labels.contiguous(), old, adv, spec.fn, params, temperature, bool(return_entropy),
         bool(inplace_backward), int(ignore_index), block_size,
     )
+    check_finite_rows(logp.detach(), ent.detach() if return_entropy else None, flat_mask)
     loss_mat = loss_t.view(shape)
     if rollout_is_weights is not None:
         w = rollout_is_weights.detach().to(torch.float32)

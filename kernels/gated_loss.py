@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import interpreter_active
+from ._utils import as_bool_mask, interpreter_active, require_float, require_like, require_tensor
 from .gates import get_gate
 
 _BLOCK = 1024
@@ -113,34 +113,26 @@ def gated_token_loss(
             receives a gradient: the old log-probs and advantages are constants, as in the core.
         loss: a name with a Triton gate (``rlplugins.kernels.list_gates()``): maspo, ppo_clip, clip_higher,
             dual_clip, sapo, cispo, pg, unclipped.
-        config: the loss's hyper-parameters: the core's config dataclass (e.g. ``MaspoConfig()``) or any object
-            or mapping with the same fields; may be None only for losses without parameters (pg).
-        response_mask: optional mask of the same shape; masked positions get exactly zero loss and gradient.
+        config: the loss's hyper-parameters: the core's config dataclass (e.g. ``MaspoConfig()``, or
+            ``rlplugins.losses.make_config(loss, mapping)``), re-validated on every call; may be None only for
+            losses without parameters (pg, unclipped).
+        response_mask: optional bool or 0/1 mask of the same shape (other values raise); masked positions get
+            exactly zero loss and gradient.
 
     Returns:
         ``(loss, grad_logp)``, float32, shape of ``log_prob``; ``loss`` is differentiable w.r.t. ``log_prob``.
     """
     spec = get_gate(loss)
     params = spec.params(config)
-    tensors = {"log_prob": log_prob, "old_log_prob": old_log_prob, "advantages": advantages}
-    for name, t in tensors.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
-        if t.shape != log_prob.shape or t.device != log_prob.device:
-            raise ValueError(
-                f"{name} must have the shape and device of log_prob {tuple(log_prob.shape)} on {log_prob.device}, "
-                f"got {tuple(t.shape)} on {t.device} (no broadcasting)"
-            )
+    lp = require_tensor("log_prob", log_prob)
+    require_float("log_prob", lp)
+    for name, t in (("old_log_prob", old_log_prob), ("advantages", advantages)):
+        require_tensor(name, t)
+        require_float(name, t)
+        require_like(name, t, "log_prob", lp)
     if response_mask is not None:
-        if not isinstance(response_mask, torch.Tensor):
-            raise TypeError(f"response_mask must be a torch.Tensor, got {type(response_mask).__name__}")
-        if response_mask.shape != log_prob.shape or response_mask.device != log_prob.device:
-            raise ValueError(
-                f"response_mask must have the shape and device of log_prob {tuple(log_prob.shape)}, "
-                f"got {tuple(response_mask.shape)} on {response_mask.device}"
-            )
+        require_like("response_mask", require_tensor("response_mask", response_mask), "log_prob", lp)
+        response_mask = as_bool_mask("response_mask", response_mask)
     if log_prob.device.type == "cpu" and not interpreter_active():
         raise ValueError("gated_token_loss needs CUDA tensors (or TRITON_INTERPRET=1 on CPU); "
                          "on CPU use rlplugins.losses.token_policy_loss")

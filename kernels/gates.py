@@ -164,20 +164,41 @@ Packer = Callable[[Mapping[str, Any]], tuple]
 
 @dataclass(frozen=True)
 class GateSpec:
-    """A registered gate: its Triton function, the config fields it reads and how they become P0..P11."""
+    """A registered gate: its Triton function, the config fields it reads and how they become P0..P11.
+
+    ``validated_config``: the gate implements a core loss whose config class (``rlplugins.losses``) owns the
+    defaults and allowed ranges. Such a gate takes only a config object with a ``validate()`` method (the core's
+    dataclasses), which is called on every use: this layer holds no second copy of the ranges, and a mapping,
+    which it could not range-check, is refused with the call that builds the validated object.
+    """
 
     name: str
     fn: Any  # triton JITFunction
     fields: tuple[str, ...]
     pack: Packer
+    validated_config: bool = False
 
     def params(self, config: Any) -> tuple[float, ...]:
-        """Float parameters from ``config`` (any object with the fields as attributes, or a mapping)."""
+        """Float parameters from ``config`` (see ``validated_config``; otherwise any object with the fields as
+        attributes, or a mapping)."""
+        if self.validated_config and self.fields:
+            self._check_validated(config)
         values = read_fields(self.name, config, self.fields)
         packed = tuple(float(v) for v in self.pack(values))
         if len(packed) > NUM_GATE_PARAMS:
             raise ValueError(f"gate {self.name!r} packs {len(packed)} parameters; at most {NUM_GATE_PARAMS}")
         return packed + (0.0,) * (NUM_GATE_PARAMS - len(packed))
+
+    def _check_validated(self, config: Any) -> None:
+        build = (f"build it with rlplugins.losses.make_config({self.name!r}, {{...}}), which fills defaults and "
+                 f"checks ranges")
+        if config is None:
+            raise ValueError(f"loss {self.name!r} needs a config with fields {', '.join(self.fields)}: {build}")
+        validate = getattr(config, "validate", None)
+        if isinstance(config, Mapping) or not callable(validate):
+            raise TypeError(f"loss {self.name!r} needs a validated config object (the rlplugins.losses config "
+                            f"dataclass of that loss), got {type(config).__name__}: {build}")
+        validate()  # the config class's own checks: the one copy of the allowed ranges
 
 
 def read_fields(name: str, config: Any, fields: tuple[str, ...]) -> dict[str, Any]:
@@ -199,7 +220,11 @@ def read_fields(name: str, config: Any, fields: tuple[str, ...]) -> dict[str, An
             f"config for loss {name!r} ({type(config).__name__}) lacks field(s) {', '.join(missing)}; "
             f"needs {', '.join(fields)}"
         )
-    return {f: get(f) for f in fields}
+    values = {f: get(f) for f in fields}
+    for f, v in values.items():  # plain-number sanity for any gate; ranges belong to the config's owner
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"config field {f!r} of loss {name!r} must be finite, got {v!r}")
+    return values
 
 
 _GATES: dict[str, GateSpec] = {}
@@ -212,11 +237,15 @@ except ImportError:  # pragma: no cover - older/newer Triton layouts
     _JIT_TYPES = (triton.JITFunction,)
 
 
-def register_gate(name: str, fn: Any, *, fields: tuple[str, ...] = (), pack: Packer | None = None) -> GateSpec:
-    """Register a Triton gate under a policy-loss name (the core's registry name it implements)."""
+def register_gate(
+    name: str, fn: Any, *, fields: tuple[str, ...] = (), pack: Packer | None = None, validated_config: bool = False
+) -> GateSpec:
+    """Register a Triton gate under a policy-loss name (the core's registry name it implements).
+
+    ``validated_config=True`` (the built-in gates): take only config objects with ``validate()`` (GateSpec)."""
     if not isinstance(fn, _JIT_TYPES):
         raise TypeError(f"gate {name!r} must be a @triton.jit function, got {type(fn).__name__}")
-    spec = GateSpec(name, fn, tuple(fields), pack or (lambda values: ()))
+    spec = GateSpec(name, fn, tuple(fields), pack or (lambda values: ()), bool(validated_config))
     _GATES[name] = spec
     return spec
 
@@ -269,7 +298,7 @@ _MASPO_FIELDS = (
 register_gate("pg", pg_gate)
 register_gate("unclipped", unclipped_gate)
 for _name in ("ppo_clip", "clip_higher", "dual_clip"):  # one gate, three presets of the core
-    register_gate(_name, ppo_clip_gate, fields=_CLIP_FIELDS, pack=_pack_clip)
-register_gate("sapo", sapo_gate, fields=("tau_pos", "tau_neg"), pack=_pack_sapo)
-register_gate("cispo", cispo_gate, fields=("eps_low", "eps_high"), pack=_pack_cispo)
-register_gate("maspo", maspo_gate, fields=_MASPO_FIELDS, pack=_pack_maspo)
+    register_gate(_name, ppo_clip_gate, fields=_CLIP_FIELDS, pack=_pack_clip, validated_config=True)
+register_gate("sapo", sapo_gate, fields=("tau_pos", "tau_neg"), pack=_pack_sapo, validated_config=True)
+register_gate("cispo", cispo_gate, fields=("eps_low", "eps_high"), pack=_pack_cispo, validated_config=True)
+register_gate("maspo", maspo_gate, fields=_MASPO_FIELDS, pack=_pack_maspo, validated_config=True)

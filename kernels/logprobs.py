@@ -30,8 +30,10 @@ import triton.language as tl
 
 from ._utils import (
     as_float_rows,
+    check_finite_rows,
     check_labels,
     check_logits,
+    check_no_overlap,
     check_temperature,
     interpreter_active,
     row_layout,
@@ -341,8 +343,8 @@ def token_logprobs(
     Args:
         logits: [N, V] or [B, T, V], float32/bfloat16/float16, any V; a strided view (e.g. ``logits[:, :-1]``)
             is read in place as long as the vocabulary dimension has unit stride.
-        labels: integer tensor of shape ``logits.shape[:-1]``; ``ignore_index`` marks rows to skip.
-        temperature: sampling temperature T > 0, applied to every logit (also when they are reloaded in backward).
+        labels: int64/int32 tensor of shape ``logits.shape[:-1]``; ``ignore_index`` marks rows to skip.
+        temperature: sampling temperature T >= 1e-6, applied to every logit (also when they are reloaded in backward).
         return_entropy: also return the (differentiable) entropy.
         inplace_backward: write the gradient into ``logits`` itself (saves one [N, V] buffer). The logits are
             destroyed by the backward: do not read them afterwards.
@@ -351,12 +353,17 @@ def token_logprobs(
 
     Returns:
         float32 ``logp`` of shape ``labels.shape`` (<= 0), or ``(logp, entropy)`` with 0 <= entropy <= log V.
+        A non-ignored row whose logits hold NaN/+inf, are all -inf or give its label probability 0 raises
+        ValueError (as the torch path ``rlplugins.losses.logprobs_from_logits``); nothing returns NaN/-inf.
     """
     check_logits(logits)
     check_device(logits)
     temperature = check_temperature(temperature)
     flat_labels = check_labels(labels, logits, ignore_index)
+    if inplace_backward:
+        check_no_overlap("logits", logits)
     logp, ent = TokenLogprobsFunction.apply(
         logits, flat_labels, temperature, bool(return_entropy), bool(inplace_backward), int(ignore_index), block_size
     )
+    check_finite_rows(logp.detach(), ent.detach() if return_entropy else None, labels != ignore_index)
     return (logp, ent) if return_entropy else logp

@@ -74,6 +74,8 @@ def agg_loss(
         seq_sums = seq_sums / tokens_per_seq.clamp(min=1).to(seq_sums.dtype)
     loss = _safe_div(torch.where(seq_valid, seq_sums, torch.zeros_like(seq_sums)).sum(), global_batch_size) * dp_size
     if loss_agg_mode == "seq-mean-token-sum-norm":
+        if loss_scale_factor is None and loss_mask.shape[-1] == 0:
+            return loss  # zero-length responses: no token, loss 0 as in every other mode (nothing to normalise)
         scale = loss_scale_factor if loss_scale_factor is not None else loss_mask.shape[-1]
         if not scale or scale <= 0:
             raise ValueError(f"loss_scale_factor must be > 0, got {scale!r}")

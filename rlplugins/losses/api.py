@@ -8,6 +8,8 @@ plain-float metrics with stable names (see ``METRIC_KEYS``).
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Mapping
 
 import torch
@@ -67,18 +69,23 @@ def compute_policy_loss(
     rollout_is_weights: torch.Tensor | None = None,
     global_batch_info: Mapping[str, Any] | None = None,
     on_nonfinite: str = "raise",
+    arg_names: Mapping[str, str] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Policy loss ``name`` aggregated over ``[batch, resp_len]`` tensors; returns ``(loss, metrics)``.
 
     ``on_nonfinite``: ``"raise"`` (default) raises ValueError with the count and first index of valid
     positions holding NaN/inf; ``"mask"`` drops those tokens (reported as ``nonfinite_tokens``).
+    ``arg_names`` renames arguments in error messages, for adapters whose callers use other names
+    (e.g. ``{"log_prob": "log_probs", "response_mask": "action_mask"}``).
     """
     spec = get_policy_loss(name)
     cfg = spec.make_config(config)
-    valid = check_policy_inputs(log_prob, old_log_prob, advantages, response_mask, rollout_is_weights)
+    names = dict(arg_names or {})
+    valid = check_policy_inputs(log_prob, old_log_prob, advantages, response_mask, rollout_is_weights, names=names)
     if on_nonfinite not in ("raise", "mask"):
         raise ValueError(f"on_nonfinite must be 'raise' or 'mask', got {on_nonfinite!r}")
-    gbi = normalize_global_batch_info(global_batch_info)
+    gbi = normalize_global_batch_info(global_batch_info, owner=names.get("global_batch_info", "global_batch_info"))
+    check_global_counts(gbi, valid, loss_agg_mode, owner=names.get("global_batch_info", "global_batch_info"))
 
     dtype = _compute_dtype(log_prob)
     lp, old, adv = log_prob.to(dtype), old_log_prob.detach().to(dtype), advantages.detach().to(dtype)
@@ -92,9 +99,11 @@ def compute_policy_loss(
         n_bad = int(bad.sum())
     if n_bad:
         if on_nonfinite == "raise":
+            what = [names.get(k, k) for k in ("log_prob", "old_log_prob", "advantages")]
+            if weights is not None:
+                what.append(names.get("rollout_is_weights", "rollout_is_weights"))
             raise ValueError(
-                f"{n_bad} valid position(s) hold non-finite log_prob/old_log_prob/advantages"
-                f"{'/rollout_is_weights' if weights is not None else ''}; first at index {first_index(bad)}. "
+                f"{n_bad} valid position(s) hold non-finite {'/'.join(what)}; first at index {first_index(bad)}. "
                 f"Pass on_nonfinite='mask' to drop them instead."
             )
         valid = valid & finite
@@ -114,20 +123,79 @@ def compute_policy_loss(
     return loss, metrics
 
 
-def normalize_global_batch_info(info: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Validate veRL-style global batch counts and drop ``None`` entries (keyword arguments for ``agg_loss``)."""
-    allowed = ("batch_num_tokens", "global_batch_size", "dp_size", "loss_scale_factor")
+_GBI_KEYS = ("batch_num_tokens", "global_batch_size", "dp_size", "loss_scale_factor")
+
+
+def normalize_global_batch_info(info: Mapping[str, Any] | None, *, owner: str = "global_batch_info") -> dict[str, Any]:
+    """Validate veRL-style global batch counts and drop ``None`` entries (keyword arguments for ``agg_loss``).
+
+    ``batch_num_tokens`` / ``global_batch_size``: finite numbers >= 0 (int, float or a one-element tensor; 0 only
+    when the whole global batch is masked, see ``check_global_counts``); ``dp_size``: an int >= 1 (not 2.7, not
+    True); ``loss_scale_factor``: a finite number > 0. ``owner`` names the mapping in messages.
+    """
     if info is None:
         return {}
     if not isinstance(info, Mapping):
-        raise TypeError(f"global_batch_info must be a mapping with keys {allowed}, got {type(info).__name__}")
-    unknown = set(info) - set(allowed)
+        raise TypeError(f"{owner} must be a mapping with keys {_GBI_KEYS}, got {type(info).__name__}")
+    unknown = set(info) - set(_GBI_KEYS)
     if unknown:
-        raise ValueError(f"global_batch_info has unknown keys {sorted(unknown)}; allowed: {', '.join(allowed)}")
-    out = {k: v for k, v in info.items() if v is not None}
-    if "dp_size" in out:
-        out["dp_size"] = int(out["dp_size"])
+        raise ValueError(f"{owner} has unknown keys {sorted(map(str, unknown))}; allowed: {', '.join(_GBI_KEYS)}")
+    out: dict[str, Any] = {}
+    for key, value in info.items():
+        if value is None:
+            continue
+        where = f"{owner}[{key!r}]"
+        if key == "dp_size":
+            if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() \
+                    and value.dtype != torch.bool:
+                value = int(value.item())
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{where} must be an int >= 1, got {value!r}")
+            out[key] = int(value)
+            continue
+        number = _scalar(where, value)
+        if not math.isfinite(number):
+            raise ValueError(f"{where} must be finite, got {value!r}")
+        if key == "loss_scale_factor":
+            if number <= 0:
+                raise ValueError(f"{where} must be > 0, got {value!r}")
+        elif number < 0:
+            raise ValueError(f"{where} must be >= 0, got {value!r}")
+        out[key] = value
     return out
+
+
+def _scalar(where: str, value: Any) -> float:
+    """A count as a Python float (one host sync for a tensor): numbers and one-element real tensors only."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{where} must be a number or a one-element real tensor, got shape "
+                            f"{tuple(value.shape)}, dtype {value.dtype}")
+        return float(value.item())
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where} must be a number, got {type(value).__name__} {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def check_global_counts(gbi: Mapping[str, Any], valid: torch.Tensor, loss_agg_mode: str,
+                        owner: str = "global_batch_info") -> None:
+    """A global count smaller than this call's own count cannot be right (it is summed over micro-batches and
+    data-parallel ranks): it would scale the loss up, or, at 0, silently skip a step with valid tokens."""
+    if loss_agg_mode == "token-mean" and "batch_num_tokens" in gbi:
+        local, key = valid.sum(), "batch_num_tokens"
+        what = "valid tokens"
+    elif loss_agg_mode.startswith("seq") and "global_batch_size" in gbi:
+        local, key = (valid.sum(-1) > 0).sum() if valid.dim() == 2 else valid.new_zeros(()), "global_batch_size"
+        what = "sequences with a valid token"
+    else:
+        return
+    n_local = int(local)
+    if _scalar(key, gbi[key]) < n_local:
+        raise ValueError(f"{owner}[{key!r}]={gbi[key]!r} is smaller than the {n_local} {what} of this call; it must "
+                         f"count the whole global batch (all micro-batches and data-parallel ranks)")
 
 
 def _metrics(

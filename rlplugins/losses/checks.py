@@ -1,42 +1,15 @@
-"""Input validation shared by the policy losses: clear errors that name the argument and what was expected."""
+"""Input validation shared by the policy losses: clear errors that name the argument and what was expected.
+
+The tensor primitives live in ``rlplugins.tensor_checks`` (shared with the kernels' public entry points).
+"""
 
 from __future__ import annotations
 
 import torch
 
+from ..tensor_checks import as_bool_mask, describe, first_index, require_float, require_like, require_tensor
 
-def _describe(t: torch.Tensor) -> str:
-    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
-
-
-def require_tensor(name: str, value: object) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    return value
-
-
-def require_float(name: str, t: torch.Tensor) -> None:
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {_describe(t)}")
-
-
-def require_like(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
-    if t.shape != ref.shape:
-        raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)} (no broadcasting), got {_describe(t)}")
-    if t.device != ref.device:
-        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
-
-
-def as_bool_mask(name: str, mask: torch.Tensor) -> torch.Tensor:
-    """Accept bool, or a 0/1 integer/float mask (OpenRLHF passes float/long masks); reject anything else."""
-    if mask.dtype == torch.bool:
-        return mask
-    if mask.is_complex():
-        raise TypeError(f"{name} must be bool or 0/1 numeric, got {_describe(mask)}")
-    bad = (mask != 0) & (mask != 1)
-    if bool(bad.any()):
-        raise ValueError(f"{name} must contain only 0 and 1 (or be bool); found {int(bad.sum())} other values ({_describe(mask)})")
-    return mask != 0
+__all__ = ["as_bool_mask", "check_policy_inputs", "first_index", "require_float", "require_like", "require_tensor"]
 
 
 def check_policy_inputs(
@@ -45,25 +18,32 @@ def check_policy_inputs(
     advantages: object,
     response_mask: object,
     rollout_is_weights: object | None = None,
+    *,
+    names: dict[str, str] | None = None,
 ) -> torch.Tensor:
-    """Validate the policy-loss inputs; return the response mask as bool."""
-    lp = require_tensor("log_prob", log_prob)
-    require_float("log_prob", lp)
+    """Validate the policy-loss inputs; return the response mask as bool.
+
+    ``names`` renames arguments in messages (an adapter whose caller passed ``log_probs``/``action_mask``)."""
+    n = {k: k for k in ("log_prob", "old_log_prob", "advantages", "response_mask", "rollout_is_weights")}
+    n.update(names or {})
+    lp = require_tensor(n["log_prob"], log_prob)
+    require_float(n["log_prob"], lp)
     if lp.dim() != 2:
-        raise ValueError(f"log_prob must be [batch, response_len], got {_describe(lp)}")
-    for name, value in (("old_log_prob", old_log_prob), ("advantages", advantages)):
-        t = require_tensor(name, value)
-        require_float(name, t)
-        require_like(name, t, "log_prob", lp)
-    mask = require_tensor("response_mask", response_mask)
-    require_like("response_mask", mask, "log_prob", lp)
+        raise ValueError(f"{n['log_prob']} must be [batch, response_len], got {describe(lp)}")
+    for key, value in (("old_log_prob", old_log_prob), ("advantages", advantages)):
+        t = require_tensor(n[key], value, allow_meta=True)
+        require_float(n[key], t)
+        require_like(n[key], t, n["log_prob"], lp)
+    mask = require_tensor(n["response_mask"], response_mask, allow_meta=True)
+    require_like(n["response_mask"], mask, n["log_prob"], lp)
+    valid = as_bool_mask(n["response_mask"], mask)
     if rollout_is_weights is not None:
-        w = require_tensor("rollout_is_weights", rollout_is_weights)
-        require_float("rollout_is_weights", w)
-        require_like("rollout_is_weights", w, "log_prob", lp)
-    return as_bool_mask("response_mask", mask)
-
-
-def first_index(flags: torch.Tensor) -> tuple[int, ...]:
-    idx = torch.nonzero(flags, as_tuple=False)[0]
-    return tuple(int(i) for i in idx)
+        w = require_tensor(n["rollout_is_weights"], rollout_is_weights, allow_meta=True)
+        require_float(n["rollout_is_weights"], w)
+        require_like(n["rollout_is_weights"], w, n["log_prob"], lp)
+        negative = valid & (w < 0)
+        if bool(negative.any()):
+            raise ValueError(f"{n['rollout_is_weights']} must be >= 0 at valid positions (a negative importance weight "
+                             f"flips the sign of the loss); {int(negative.sum())} are negative, first at index "
+                             f"{first_index(negative)}")
+    return valid

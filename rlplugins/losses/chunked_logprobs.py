@@ -18,6 +18,10 @@ from typing import Iterator
 
 import torch
 
+from ..tensor_checks import check_finite_rows, check_labels, check_no_overlap, check_temperature, require_tensor
+
+__all__ = ["check_temperature", "chunked_token_logprobs", "default_chunk_rows"]
+
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 #: Default size of one float32 chunk: 64 MiB, i.e. ~110 rows at V = 151,936.
@@ -160,45 +164,26 @@ def chunked_token_logprobs(
     processed at a time (default: 64 MiB of float32 per chunk). Returns float32 ``logp`` (and ``entropy``)
     of shape ``labels.shape``; ignored rows give 0 and a zero gradient row.
     """
-    check_logits_and_labels(logits, labels, ignore_index)
+    flat = check_logits_and_labels(logits, labels, ignore_index)
     temperature = check_temperature(temperature)
+    if inplace_backward:
+        check_no_overlap("logits", logits)
     if chunk_rows is None:
         chunk_rows = default_chunk_rows(logits.shape[-1])
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
-    flat = labels.reshape(-1).to(torch.int64)
     logp, ent = ChunkedLogprobsFunction.apply(
         logits, flat, temperature, bool(return_entropy), bool(inplace_backward), int(ignore_index), chunk_rows
     )
+    check_finite_rows(logp.detach(), ent.detach() if return_entropy else None, labels != ignore_index)
     return (logp, ent) if return_entropy else logp
 
 
-def check_logits_and_labels(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> None:
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+def check_logits_and_labels(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Check both (shared rules: ``rlplugins.tensor_checks``); return the labels flattened to int64."""
+    logits = require_tensor("logits", logits)
     if logits.dtype not in LOGIT_DTYPES:
         raise TypeError(f"logits must be float32, bfloat16 or float16, got {logits.dtype}")
     if logits.dim() not in (2, 3) or logits.shape[-1] < 1:
         raise ValueError(f"logits must have shape [N, V] or [B, T, V] with V >= 1, got {tuple(logits.shape)}")
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
-    if tuple(labels.shape) != tuple(logits.shape[:-1]):
-        raise ValueError(f"labels must have shape {tuple(logits.shape[:-1])} (logits.shape[:-1]), got {tuple(labels.shape)}")
-    if labels.device != logits.device:
-        raise ValueError(f"labels is on {labels.device} but logits is on {logits.device}")
-    vocab = logits.shape[-1]
-    bad = ((labels < 0) | (labels >= vocab)) & (labels != ignore_index)
-    if labels.numel() and bool(bad.any()):
-        raise ValueError(f"labels must lie in [0, {vocab}) or equal ignore_index={ignore_index}; "
-                         f"found e.g. {labels[bad][:5].tolist()}")
-
-
-def check_temperature(temperature: float) -> float:
-    if isinstance(temperature, (bool, torch.Tensor)):
-        raise TypeError(f"temperature must be a Python float, got {type(temperature).__name__}")
-    temperature = float(temperature)
-    if not (0.0 < temperature < float("inf")):
-        raise ValueError(f"temperature must be a finite float > 0, got {temperature}")
-    return temperature
+    return check_labels(labels, logits, ignore_index)

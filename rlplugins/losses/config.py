@@ -31,7 +31,11 @@ def check_range(
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{owner}.{field} must be a number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond the float range, e.g. 10**400
+        finite = False
+    if not finite:
         raise ValueError(f"{owner}.{field} must be finite, got {value!r}")
     lo_ok = low is None or (value >= low if low_inclusive else value > low)
     hi_ok = high is None or (value <= high if high_inclusive else value < high)
@@ -41,6 +45,39 @@ def check_range(
         raise ValueError(f"{owner}.{field} must be in {lb}, {hb}, got {value!r}")
 
 
+class UnknownFieldError(TypeError, ValueError):
+    """A misspelt config field. Both a TypeError (what a dataclass constructor raises for an unexpected keyword)
+    and a ValueError (what the mapping paths raised), so existing ``except`` clauses keep working."""
+
+
+def unknown_field_error(owner: str, key: object, names: list[str]) -> UnknownFieldError:
+    """The one "did you mean" message of every config: constructors, ``.replace``, mappings and CLI flags."""
+    close = difflib.get_close_matches(str(key), names, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return UnknownFieldError(f"{owner} has no field {key!r}.{hint} Valid fields: {', '.join(names) or '(none)'}")
+
+
+def suggest_field_names(cls: type) -> type:
+    """Class decorator for a dataclass: unknown keyword arguments raise ``unknown_field_error`` (with the
+    closest field name) instead of Python's bare "unexpected keyword argument".
+
+    It installs a ``__new__`` that checks the keywords against ``dataclasses.fields`` of the class actually
+    being built, so decorating a base class covers every subclass, and ``dataclasses.replace`` (which calls the
+    constructor) is covered too.
+    """
+    def __new__(klass: type, *args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            names = [f.name for f in dataclasses.fields(klass) if f.init]
+            for key in kwargs:
+                if key not in names:
+                    raise unknown_field_error(klass.__name__, key, names)
+        return object.__new__(klass)
+
+    cls.__new__ = __new__  # type: ignore[method-assign]
+    return cls
+
+
+@suggest_field_names
 @dataclass(frozen=True)
 class PolicyLossConfig:
     """Base class of all policy-loss configs."""
@@ -61,9 +98,7 @@ class PolicyLossConfig:
         names = cls.field_names()
         for key in values:
             if key not in names:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"{cls.__name__} has no field {key!r}.{hint} Valid fields: {', '.join(names) or '(none)'}")
+                raise unknown_field_error(cls.__name__, key, names)
         return cls(**dict(values))
 
     def replace(self: C, **changes: Any) -> C:
@@ -71,6 +106,15 @@ class PolicyLossConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: Smallest accepted gate widths/temperatures. Below them ordinary inputs overflow float32: MASPO's width
+#: sigma >= sigma_base * adv_low is squared (sigma**2 underflows to 0 below ~1e-23, and a token with ratio exactly
+#: 1 then gives 0/0), SAPO's loss scales by 4/tau (inf for tau < ~1.2e-38, and beyond float32 for |A| ~ 1e19
+#: well before). With these bounds every finite input with |A|, |logp| below ~1e19 gives a finite loss.
+MASPO_SIGMA_BASE_MIN = 1e-6
+MASPO_ADV_LOW_MIN = 1e-6
+SAPO_TAU_MIN = 1e-4
 
 
 def _check_dual_clip(owner: str, value: float | None) -> None:
@@ -101,12 +145,12 @@ class MaspoConfig(PolicyLossConfig):
 
     def validate(self) -> None:
         o = type(self).__name__
-        check_range(o, "sigma_base", self.sigma_base, low=0.0, low_inclusive=False)
+        check_range(o, "sigma_base", self.sigma_base, low=MASPO_SIGMA_BASE_MIN)
         check_range(o, "alpha", self.alpha, low=0.0)
         check_range(o, "beta_pos", self.beta_pos, low=0.0)
         check_range(o, "beta_neg", self.beta_neg, low=0.0)
         check_range(o, "sigma_high", self.sigma_high, low=self.sigma_base)
-        check_range(o, "adv_low", self.adv_low, low=0.0, low_inclusive=False)
+        check_range(o, "adv_low", self.adv_low, low=MASPO_ADV_LOW_MIN)
         check_range(o, "adv_high", self.adv_high, low=self.adv_low)
         if self.variant not in ("official", "paper"):
             raise ValueError(f"{o}.variant must be 'official' or 'paper', got {self.variant!r}")
@@ -153,8 +197,8 @@ class SapoConfig(PolicyLossConfig):
 
     def validate(self) -> None:
         o = type(self).__name__
-        check_range(o, "tau_pos", self.tau_pos, low=0.0, low_inclusive=False)
-        check_range(o, "tau_neg", self.tau_neg, low=0.0, low_inclusive=False)
+        check_range(o, "tau_pos", self.tau_pos, low=SAPO_TAU_MIN)
+        check_range(o, "tau_neg", self.tau_neg, low=SAPO_TAU_MIN)
 
 
 @dataclass(frozen=True)

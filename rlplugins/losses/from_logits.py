@@ -28,8 +28,8 @@ import torch
 
 from .aggregation import agg_loss
 from .api import normalize_global_batch_info, compute_policy_loss
-from .checks import as_bool_mask
-from .chunked_logprobs import check_temperature, chunked_token_logprobs
+from ..tensor_checks import as_bool_mask, check_labels, check_temperature, require_tensor
+from .chunked_logprobs import chunked_token_logprobs
 from .config import PolicyLossConfig
 from .registry import get_policy_loss
 
@@ -77,12 +77,14 @@ def logprobs_from_logits(
 ) -> LogprobsOutput:
     """``logp = log_softmax(logits / T)[labels]`` (and the entropy), differentiable, never a [N, V] log-softmax.
 
-    ``logits``: [N, V] or [B, T, V], float32/bf16/fp16. ``labels``: integer, ``logits.shape[:-1]``;
-    ``ignore_index`` rows give 0 and a zero gradient. ``inplace_backward`` writes the gradient into
-    ``logits`` (do not reuse them after backward). ``chunk_rows`` sizes the torch path's chunks.
+    ``logits``: [N, V] or [B, T, V], float32/bf16/fp16. ``labels``: int64/int32, ``logits.shape[:-1]``;
+    ``ignore_index`` rows give 0 and a zero gradient. ``temperature``: a real number >= 1e-6.
+    ``inplace_backward`` writes the gradient into ``logits`` (do not reuse them after backward; rejected for
+    logits with overlapping memory, e.g. an ``expand()``ed view). Both backends raise ValueError for a
+    non-ignored row whose logits hold NaN/+inf, are all -inf, or give its label probability 0: they never
+    return NaN or -inf. ``chunk_rows`` sizes the torch path's chunks.
     """
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    require_tensor("logits", logits)
     chosen = resolve_backend(backend, logits.device)
     if chosen == "triton":
         from rlplugins.kernels import token_logprobs  # lazy: the core imports no Triton at import time
@@ -137,8 +139,7 @@ def policy_loss_from_logits(
     """
     spec = get_policy_loss(name)
     cfg = spec.make_config(config)
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    require_tensor("logits", logits)
     if logits.dim() != 3:
         raise ValueError(f"logits must be [batch, response_len, vocab], got shape {tuple(logits.shape)} "
                          f"(for flat [N, V] logits use logprobs_from_logits)")
@@ -147,11 +148,11 @@ def policy_loss_from_logits(
     if response_mask.shape != logits.shape[:-1]:
         raise ValueError(f"response_mask must have shape {tuple(logits.shape[:-1])} (logits.shape[:-1]), "
                          f"got {tuple(response_mask.shape)}")
+    if response_mask.device != logits.device:
+        raise ValueError(f"response_mask is on {response_mask.device} but logits is on {logits.device}")
     mask = as_bool_mask("response_mask", response_mask)
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"labels must have shape {tuple(logits.shape[:-1])} (logits.shape[:-1]), got {tuple(labels.shape)}")
+    # Labels are read only where response_mask is set; there, -100 (ignore_index) or an out-of-range id is an error.
+    check_labels(labels, logits, -100, valid=mask)
     temperature = check_temperature(temperature)
     gbi = normalize_global_batch_info(global_batch_info)
     chosen = resolve_backend(backend, logits.device)

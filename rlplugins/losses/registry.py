@@ -85,6 +85,9 @@ def register_policy_loss(
 
 
 def get_policy_loss(name: str) -> PolicyLossSpec:
+    if not isinstance(name, str):
+        raise TypeError(f"policy loss name must be a str (one of {', '.join(sorted(_REGISTRY))}), "
+                        f"got {type(name).__name__} {name!r}")
     try:
         return _REGISTRY[name]
     except KeyError:

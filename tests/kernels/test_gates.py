@@ -167,9 +167,13 @@ def test_every_gate_implements_a_registered_core_loss_with_its_fields():
         fields = set(spec.config_cls.field_names())
         missing = set(get_gate(name).fields) - fields
         assert not missing, f"gate {name!r} reads {missing}, not fields of {spec.config_cls.__name__}"
-        # Default configs pack without error, and a mapping works like the dataclass.
+        # Default configs pack without error; a bare mapping (which this layer cannot range-check) is refused
+        # for gates with parameters, with the call that builds the validated config.
         cfg = spec.config_cls()
-        assert get_gate(name).params(cfg) == get_gate(name).params(cfg.to_dict())
+        assert get_gate(name).params(cfg) == get_gate(name).params(spec.make_config(cfg.to_dict()))
+        if get_gate(name).fields:
+            with pytest.raises(TypeError, match=r"make_config"):
+                get_gate(name).params(cfg.to_dict())
 
 
 def test_config_errors_are_clear():
@@ -178,7 +182,7 @@ def test_config_errors_are_clear():
         gated_token_loss(x, x, x, "gspo", None)
     with pytest.raises(ValueError, match="needs a config with fields tau_pos, tau_neg"):
         gated_token_loss(x, x, x, "sapo", None)
-    with pytest.raises(ValueError, match="lacks field"):
+    with pytest.raises(TypeError, match=r"needs a validated config object.*make_config\('sapo'"):
         gated_token_loss(x, x, x, "sapo", {"tau_pos": 1.0})
     with pytest.raises(ValueError, match="no broadcasting"):
         gated_token_loss(x, x[:2], x, "pg")
