@@ -8,7 +8,10 @@ VPY := $(VENV)/bin/python
 # CPU build of torch; a bare `torch` requirement pulls a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 PIP_FLAGS := --disable-pip-version-check -q
-export TRITON_INTERPRET ?= 1
+# Tests run the Triton kernels in Triton's CPU interpreter; set only for the test targets (target-specific,
+# exported to their recipes), so a GPU job launched through make (demo, bench, smoke runs) compiles the real
+# kernels. Override with `make test TRITON_INTERPRET=0` on a GPU machine.
+TEST_TRITON_INTERPRET ?= 1
 # Never put the working directory on sys.path: the repo root holds kernels/, integrations/ and tests/, which
 # would shadow other distributions' top-level packages (transformers probes for HF's `kernels` package).
 # Exported, so subprocesses and Ray workers inherit it.
@@ -32,6 +35,7 @@ venv: $(VENV)/.installed
 
 test: test-core $(EXTRA_TEST_TARGETS)
 
+test-core: export TRITON_INTERPRET = $(TEST_TRITON_INTERPRET)
 test-core: venv
 	$(VPY) -m pytest $(wildcard tests/core tests/kernels tests/selection) -q -p no:cacheprovider
 

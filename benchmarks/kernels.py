@@ -1,8 +1,8 @@
 """Benchmark of gated token losses from logits: time, peak memory, effective bandwidth, accuracy.
 
     .venv/bin/python benchmarks/kernels.py                 # GPU if present, else the CPU mode
-    make bench BENCH_ARGS="--tokens 4096 --vocab 151936"   # any subset (compiled Triton even though make
-                                                           # exports TRITON_INTERPRET=1: the script resets it)
+    make bench BENCH_ARGS="--tokens 4096 --vocab 151936"   # any subset (compiled Triton even with
+                                                           # TRITON_INTERPRET=1 in the environment: the script resets it)
 
 Providers (one loss = per-token gate + token-mean / seq-mean-token-mean aggregation, forward and backward
 down to the logits, bfloat16 logits):
@@ -38,7 +38,8 @@ from __future__ import annotations
 import os
 import sys
 
-# `make` exports TRITON_INTERPRET=1 for the CPU test suite; timing the interpreter on a GPU would be meaningless.
+# The test targets run with TRITON_INTERPRET=1 (and a shell may have it exported); timing the interpreter on a GPU
+# would be meaningless.
 # Compiled kernels unless --interpret (a CPU smoke test of this script) is asked for; set before Triton loads.
 if "--interpret" not in sys.argv:
     os.environ["TRITON_INTERPRET"] = "0"

@@ -28,11 +28,13 @@ $(OPENRLHF_VENV)/.installed: pyproject.toml mk/openrlhf.mk
 
 venv-openrlhf: $(OPENRLHF_VENV)/.installed
 
+test-openrlhf: export TRITON_INTERPRET = $(TEST_TRITON_INTERPRET)
 test-openrlhf: venv-openrlhf
 	$(OPENRLHF_PY) -m pytest tests/openrlhf -m "not slow" $(OPENRLHF_PYTEST_ARGS)
 
 # The T2 tier (minutes, not in `make test`): our DPO wrapper through OpenRLHF's real train_dpo main under real
 # DeepSpeed ZeRO-2 on CPU; the first run JIT-compiles DeepSpeed's CPU ops into TORCH_EXTENSIONS_DIR.
+test-openrlhf-slow: export TRITON_INTERPRET = $(TEST_TRITON_INTERPRET)
 test-openrlhf-slow: venv-openrlhf
 	RLP_OPENRLHF_SLOW=1 $(OPENRLHF_PY) -m pytest tests/openrlhf -m slow $(OPENRLHF_PYTEST_ARGS)
 

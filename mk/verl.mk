@@ -24,6 +24,7 @@ $(VERL_VENV)/.installed: pyproject.toml mk/verl.mk
 
 venv-verl: $(VERL_VENV)/.installed
 
+test-verl: export TRITON_INTERPRET = $(TEST_TRITON_INTERPRET)
 test-verl: venv-verl
 	$(VERL_PY) -m pytest tests/verl -q -p no:cacheprovider
 

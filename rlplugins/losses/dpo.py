@@ -21,9 +21,12 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .config import suggest_field_names
+
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 
 
+@suggest_field_names
 @dataclass(frozen=True)
 class DPOConfig:
     """Options of `dpo_loss`. ``label_smoothing`` is eps of cDPO (``sigmoid``, eps in [0, 0.5]) and of rDPO

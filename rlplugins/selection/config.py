@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from rlplugins.losses.config import suggest_field_names
+
 SCORE_VARIANTS = ("newton", "signal", "loss", "token_curvature")
 SELECTION_MODES = ("topk", "sample")
 GRANULARITIES = ("pool", "online")
@@ -40,6 +42,7 @@ def _check_bool(name: str, value: object) -> None:
         raise TypeError(f"SageConfig.{name} must be a bool, got {type(value).__name__}")
 
 
+@suggest_field_names
 @dataclass(frozen=True)
 class SageConfig:
     """Options of `sage_scores`, `SageSelector` and the baselines (docs/selection-api.md §2).

@@ -39,7 +39,11 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from rlplugins.losses.config import suggest_field_names, unknown_field_error
+
 STATE_VERSION = 1
+# Keys load_state_dict reads (besides "version"); "config" is informative only.
+_STATE_KEYS = ("histories", "pending", "order", "competence", "admitted_tiers", "round", "rounds")
 
 
 def _check_number(name: str, value: Any, low: float | None = None, high: float | None = None,
@@ -52,6 +56,7 @@ def _check_number(name: str, value: Any, low: float | None = None, high: float |
         raise ValueError(f"PromptGroupSelectorConfig.{name} must be {'<' if high_open else '<='} {high:g}, got {value!r}")
 
 
+@suggest_field_names
 @dataclass(frozen=True)
 class PromptGroupSelectorConfig:
     """Parameters of ``PromptGroupSelector`` (see the module docstring for what each one does)."""
@@ -111,14 +116,10 @@ class PromptGroupSelectorConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "PromptGroupSelectorConfig":
         """Build from a mapping (e.g. framework kwargs); an unknown key raises and names the closest field."""
-        import difflib
-
         names = [f for f in cls.__dataclass_fields__]
         for key in values:
             if key not in names:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"PromptGroupSelectorConfig has no field {key!r}.{hint} Fields: {', '.join(names)}")
+                raise unknown_field_error(cls.__name__, key, names)
         kwargs = dict(values)
         for key in ("tier_edges", "unlock_at"):
             if key in kwargs and kwargs[key] is not None:
@@ -335,6 +336,10 @@ class PromptGroupSelector:
         if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
             found = state.get("version") if isinstance(state, Mapping) else type(state).__name__
             raise ValueError(f"PromptGroupSelector state must have version {STATE_VERSION}, got {found!r}")
+        missing = [k for k in _STATE_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"PromptGroupSelector state lacks key(s) {', '.join(missing)}: pass the dict returned by "
+                             f"state_dict() (keys: {', '.join(_STATE_KEYS)})")
         cfg = self.config
         histories: OrderedDict[str, list[float]] = OrderedDict()
         for key, hist in state["histories"]:
