@@ -3,7 +3,9 @@
 OpenRLHF's DPO batches carry no sample index, so the sampler remembers what it yielded: every index goes into
 a FIFO, and the trainer's loss pops one index per pair of each training micro-batch. The sampler runs in the
 loader's main process and batches arrive in sampler order, so the FIFO lines up with the batches even with
-``num_workers > 0`` (prefetching only makes the FIFO longer). It is reset at every ``set_epoch``, and
+``num_workers > 0`` (prefetching only makes the FIFO longer); the FIFO is saved with the state, so a resumed run
+first re-yields what was prefetched but never trained on (exact resume in samples, whatever ``num_workers``). It is
+reset at every ``set_epoch``, and
 ``len`` is a whole number of the selector's batches, so no dropped partial batch can desynchronise it.
 
 Subclassing OpenRLHF's ``DistributedSampler`` matters: ``DPOTrainer.fit`` calls ``set_epoch(epoch,
@@ -42,8 +44,14 @@ class ScoredSampler(DistributedSampler):
         self.num_samples = self.inner.num_samples
         self.total_size = self.num_samples * self.num_replicas
         self._pending: deque[int] = deque()
+        self._replay: deque[int] = deque()
 
     def __iter__(self) -> Iterator[int]:
+        # After a resume: first the indices the saved run had prefetched but never trained on, in their order.
+        while self._replay:
+            index = self._replay.popleft()
+            self._pending.append(index)
+            yield index
         for index in self.inner:
             self._pending.append(index)
             yield index
@@ -53,7 +61,13 @@ class ScoredSampler(DistributedSampler):
 
     def set_epoch(self, epoch: int, consumed_samples: int = 0) -> None:
         super().set_epoch(epoch, consumed_samples)
-        self.inner.set_epoch(int(epoch), int(consumed_samples))
+        if self._replay and epoch == self.inner._epoch:
+            # Restored: the state is at the sampler's position and the replay covers the prefetch, so the
+            # trainer's count is already accounted for (the inner sampler must not rewind as well).
+            self.inner.set_epoch(int(epoch))
+        else:
+            self._replay.clear()
+            self.inner.set_epoch(int(epoch), int(consumed_samples))
         self._pending.clear()
 
     @property
@@ -71,8 +85,11 @@ class ScoredSampler(DistributedSampler):
         return torch.tensor([self._pending.popleft() for _ in range(n)], dtype=torch.long)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
+        """The inner sampler's state plus ``pending``: indices handed to the loader (prefetch, ``num_workers > 0``)
+        that no training step consumed yet. A resumed run yields them first, so resume is exact in samples."""
+        return {**self.inner.state_dict(), "pending": [*self._replay, *self._pending]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.inner.load_state_dict(state)
         self._pending.clear()
+        self._replay = deque(int(i) for i in state.get("pending", []))

@@ -21,6 +21,7 @@ restored with ``--ckpt.load_enable``.
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Any, Optional
 
 import torch
@@ -210,5 +211,11 @@ class SageDPOTrainer(DPOTrainer):
             return
         path = self._selector_state_path()
         if os.path.exists(path):
-            self.sampler.load_state_dict(torch.load(path, weights_only=False))
+            # weights_only: the state is tensors and plain containers; a crafted pickle must not run code at resume.
+            try:
+                state = torch.load(path, weights_only=True)
+            except pickle.UnpicklingError as exc:
+                raise RuntimeError(f"refusing to load the selector state {path}: it holds objects other than tensors "
+                                   f"and plain containers (torch.load weights_only=True): {exc}") from None
+            self.sampler.load_state_dict(state)
             self.strategy.print(f"rlplugins: restored the {self.selector_spec.name} selector state from {path}")

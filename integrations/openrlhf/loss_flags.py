@@ -110,6 +110,8 @@ def _converter(annotation: Any) -> tuple[Any, str]:
     def maybe_none(text: str) -> Any:
         return None if text.strip().lower() == "none" else conv(text)
 
+    # argparse names the converter in its message ("invalid <name> value: '1.5'").
+    maybe_none.__name__ = f"{getattr(conv, '__name__', metavar.lower())} (or none)"
     return maybe_none, metavar + "|none"
 
 

@@ -127,10 +127,10 @@ class CorePolicyLoss(nn.Module):
         count = batch_num_tokens if self.token_level_loss else global_batch_size
         if count is None:
             global_batch_info = None  # OpenRLHF: local mean, dp_size unused
-        elif self.token_level_loss:
-            global_batch_info = {"batch_num_tokens": count, "dp_size": int(dp_size)}
+        elif self.token_level_loss:  # dp_size as given: the core rejects 2.7 or True rather than truncating
+            global_batch_info = {"batch_num_tokens": count, "dp_size": dp_size}
         else:
-            global_batch_info = {"global_batch_size": count, "dp_size": int(dp_size)}
+            global_batch_info = {"global_batch_size": count, "dp_size": dp_size}
 
         loss, metrics = compute_policy_loss(
             self.policy_loss_type,
@@ -143,13 +143,32 @@ class CorePolicyLoss(nn.Module):
             rollout_is_weights=weights,
             global_batch_info=global_batch_info,
             on_nonfinite=self.on_nonfinite,
+            arg_names=_OPENRLHF_ARG_NAMES_GSPO_IS if denominator is rollout_log_probs else _OPENRLHF_ARG_NAMES,
         )
         self.last_metrics = metrics
         # OpenRLHF logs these two as tensors (it calls .detach() on them); float64 in, float64 out.
         dtype = torch.float64 if log_probs.dtype == torch.float64 else torch.float32
         clip_ratio = torch.tensor(metrics["pg_clipfrac"], dtype=dtype, device=log_probs.device)
-        ppo_kl = torch.tensor(metrics["ppo_kl"], dtype=dtype, device=log_probs.device)
+        ppo_kl = _openrlhf_ppo_kl(log_probs, old_log_probs, action_mask, dtype)
         return loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio
+
+
+# Error messages name the arguments as OpenRLHF's caller passed them.
+_OPENRLHF_ARG_NAMES = {"log_prob": "log_probs", "old_log_prob": "old_log_probs", "response_mask": "action_mask",
+                       "global_batch_info": ""}
+_OPENRLHF_ARG_NAMES_GSPO_IS = {**_OPENRLHF_ARG_NAMES, "old_log_prob": "rollout_log_probs"}
+
+
+def _openrlhf_ppo_kl(log_probs: torch.Tensor, old_log_probs: torch.Tensor, action_mask: torch.Tensor,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """OpenRLHF's ``ppo_kl`` metric: the masked mean of the *raw* (unclamped) ``old_log_probs - log_probs``, as its
+    own ``PolicyLoss`` reports it (the core's ``ppo_kl`` clamps the log-ratio to +-20, as veRL does). Masked and
+    non-finite positions are left out; an all-masked call gives 0 (OpenRLHF: 0/0)."""
+    with torch.no_grad():
+        raw = old_log_probs.detach().to(dtype) - log_probs.detach().to(dtype)
+        used = action_mask.bool() & torch.isfinite(raw)
+        total = torch.where(used, raw, torch.zeros_like(raw)).sum()
+        return total / used.sum().clamp(min=1).to(dtype)
 
 
 def _openrlhf_is_weights(

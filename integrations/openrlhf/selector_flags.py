@@ -34,6 +34,24 @@ OPENRLHF_OWNED_FIELDS = {"beta": "--model.beta", "seed": "--train.seed"}
 # concatenated_forward returns only sequence sums.
 UNSUPPORTED = {"score_variant": ("token_curvature",)}
 _ADAPTER_FLAGS = ("difficulty_key", "pass_rate_key", "score_batch_size")
+# SageConfig fields only SAGE and its ablations read (scoring, stability filter, curriculum refresh). A --sage.* flag
+# the chosen selector never reads would be silently ignored: it is refused at parse time instead. Fields not listed
+# (history_size, num_tiers, ...) are read by every selector.
+_SAGE_ONLY_FIELDS = frozenset({
+    "damping", "margin_clip", "boundary_band", "sign_consistency", "variance_threshold", "use_filter", "score_variant",
+    "selection_mode", "granularity", "use_curriculum", "refresh_mode", "competence_threshold", "competence_source",
+    "competence_min_coverage", "exhaust_fraction", "schedule_c0", "rescore_interval",
+})
+_UNUSED_FIELDS = {
+    "dpo_full": _SAGE_ONLY_FIELDS | {"selection_ratio", "tier_mix", "warmup_steps"},
+    "random_subset": _SAGE_ONLY_FIELDS | {"tier_mix", "warmup_steps"},
+    "selective_dpo": _SAGE_ONLY_FIELDS | {"tier_mix", "warmup_steps"},
+    "static_curriculum": _SAGE_ONLY_FIELDS | {"selection_ratio", "warmup_steps"},
+    "static_low_gap": _SAGE_ONLY_FIELDS | {"tier_mix"},
+    "static_high_margin": _SAGE_ONLY_FIELDS | {"tier_mix"},
+}
+# Selectors that cannot run without a per-pair difficulty.
+_NEEDS_DIFFICULTY = ("selective_dpo",)
 
 
 @dataclass(frozen=True)
@@ -123,6 +141,14 @@ def parse_selector_flags(argv: Sequence[str]) -> tuple[SelectorSpec | None, list
             raise FlagError(f"--sage.{key} {overrides[key]} is not supported by the OpenRLHF adapter (it needs "
                             f"per-token probabilities of the rejected response, which OpenRLHF's DPO forward does "
                             f"not return); use one of newton, signal, loss")
+    unused = sorted(k for k in overrides if k in _UNUSED_FIELDS.get(ns.selector, ()))
+    if unused:
+        raise FlagError(f"--sage.{unused[0]} has no effect with {SELECTOR_FLAG} {ns.selector} (it does not read "
+                        f"{', '.join(unused)}); remove it, or choose a SAGE selector")
+    if ns.selector in _NEEDS_DIFFICULTY and not (ns.difficulty_key or ns.pass_rate_key):
+        raise FlagError(f"{SELECTOR_FLAG} {ns.selector} chooses pairs by difficulty, so it needs a difficulty column: "
+                        f"add --selector.difficulty_key COLUMN or --selector.pass_rate_key COLUMN")
+    _check_openrlhf_values(rest)
     if ns.difficulty_key and ns.pass_rate_key:
         raise FlagError("give one of --selector.difficulty_key and --selector.pass_rate_key, not both")
     if ns.score_batch_size is not None and ns.score_batch_size < 1:
@@ -132,6 +158,40 @@ def parse_selector_flags(argv: Sequence[str]) -> tuple[SelectorSpec | None, list
     except (TypeError, ValueError) as exc:
         raise FlagError(f"invalid --sage.* value: {exc}") from None
     return SelectorSpec(ns.selector, overrides, ns.difficulty_key, ns.pass_rate_key, ns.score_batch_size), rest
+
+
+def _openrlhf_flag(rest: Sequence[str], flag: str) -> str | None:
+    """The last value given to OpenRLHF's ``flag`` in ``rest`` (``--flag V`` or ``--flag=V``), or None."""
+    value = None
+    for i, token in enumerate(rest):
+        if token == flag and i + 1 < len(rest):
+            value = rest[i + 1]
+        elif token.startswith(flag + "="):
+            value = token.split("=", 1)[1]
+    return value
+
+
+def _check_openrlhf_values(rest: Sequence[str]) -> None:
+    """The OpenRLHF flags the selector reads (--model.beta, --train.seed), checked before any model loads."""
+    import math
+
+    beta = _openrlhf_flag(rest, OPENRLHF_OWNED_FIELDS["beta"])
+    if beta is not None:
+        try:
+            value = float(beta)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise FlagError(f"{OPENRLHF_OWNED_FIELDS['beta']} must be a finite number > 0 (the DPO beta, also the "
+                            f"selector's margin scale), got {beta!r}")
+    seed = _openrlhf_flag(rest, OPENRLHF_OWNED_FIELDS["seed"])
+    if seed is not None:
+        try:
+            ok = int(seed) >= 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise FlagError(f"{OPENRLHF_OWNED_FIELDS['seed']} must be an int >= 0 (it seeds the selector), got {seed!r}")
 
 
 def selector_flags_help() -> str:

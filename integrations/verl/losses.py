@@ -54,24 +54,77 @@ def maspo_config_from(config: Any) -> MaspoConfig:
     return MaspoConfig(**values)
 
 
+ACTOR_FLAG_PREFIX = "actor_rollout_ref.actor."
+
+
+def _from_actor_flags(cls: type, loss_mode: str, values: Mapping[str, tuple[str, Any]]) -> Any:
+    """``cls(**{field: value})`` from veRL actor flags; an invalid value raises naming the veRL flag, not our field.
+
+    ``values``: field -> (the actor flag it comes from, its value)."""
+    kwargs = {}
+    for name, (flag, value) in values.items():
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"{ACTOR_FLAG_PREFIX}{flag} must be a number for loss_mode={loss_mode}, "
+                                 f"got {value!r}") from None
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        message = str(exc)
+        for name, (flag, _) in values.items():
+            message = message.replace(f"{cls.__name__}.{name}", f"{ACTOR_FLAG_PREFIX}{flag}")
+        raise type(exc)(f"{message} (loss_mode={loss_mode})") from None
+
+
 def sapo_config_from(config: Any) -> SapoConfig:
     """SAPO's temperatures from the actor-level fields veRL's own ``sapo`` reads (``actor.tau_pos/tau_neg``)."""
     default = SapoConfig()
-    return SapoConfig(
-        tau_pos=float(_get(config, "tau_pos", default.tau_pos)),
-        tau_neg=float(_get(config, "tau_neg", default.tau_neg)),
-    )
+    return _from_actor_flags(SapoConfig, "rlp_sapo", {
+        "tau_pos": ("tau_pos", _get(config, "tau_pos", default.tau_pos)),
+        "tau_neg": ("tau_neg", _get(config, "tau_neg", default.tau_neg)),
+    })
 
 
 def ppo_clip_config_from(config: Any) -> PpoClipConfig:
     """PPO clip bounds as veRL's ``vanilla`` reads them (``clip_ratio_low/high``, falling back to ``clip_ratio``)."""
     default = PpoClipConfig()
     clip_ratio = _get(config, "clip_ratio", default.eps_low)
-    return PpoClipConfig(
-        eps_low=float(_get(config, "clip_ratio_low", clip_ratio)),
-        eps_high=float(_get(config, "clip_ratio_high", clip_ratio)),
-        dual_clip=None,
-    )
+    low, high = _get(config, "clip_ratio_low"), _get(config, "clip_ratio_high")
+    return _from_actor_flags(PpoClipConfig, "rlp_ppo_clip", {
+        "eps_low": ("clip_ratio_low" if low is not None else "clip_ratio", clip_ratio if low is None else low),
+        "eps_high": ("clip_ratio_high" if high is not None else "clip_ratio", clip_ratio if high is None else high),
+    })
+
+
+def validate_actor_config(actor: Any) -> None:
+    """Configuration-time check of the parameters our loss (if ``actor.policy_loss.loss_mode`` is one) will read,
+    so a bad ``actor.tau_pos`` or ``actor.clip_ratio_low`` fails when veRL builds its ActorConfig (driver-side
+    ``validate_config`` and each worker), not at the first update. Errors name the veRL flag."""
+    loss_mode = _get(_get(actor, "policy_loss"), "loss_mode")
+    entry = VERL_POLICY_LOSSES.get(loss_mode) if isinstance(loss_mode, str) else None
+    if entry is not None:
+        entry[2](actor)
+
+
+def _install_actor_config_check() -> None:
+    """Wrap veRL's ``ActorConfig.__post_init__`` (every actor config class calls it) with ``validate_actor_config``;
+    idempotent. veRL has no other hook that sees the actor-level fields when the configuration is built."""
+    from verl.workers.config.actor import ActorConfig
+
+    original = ActorConfig.__post_init__
+    if getattr(original, "__rlplugins_wrapped__", False):
+        return
+
+    def __post_init__(self: Any) -> None:
+        original(self)
+        validate_actor_config(self)
+
+    __post_init__.__rlplugins_wrapped__ = True  # type: ignore[attr-defined]
+    __post_init__.__wrapped__ = original  # type: ignore[attr-defined]
+    ActorConfig.__post_init__ = __post_init__  # type: ignore[method-assign]
 
 
 def global_batch_info_from(config: Any) -> dict[str, Any]:
@@ -193,4 +246,5 @@ def register_policy_losses() -> list[str]:
                 "rlplugins does not overwrite veRL's losses. This veRL is not the one the adapter supports."
             )
         core_algos.register_policy_loss(name)(fn)
+    _install_actor_config_check()
     return list(VERL_POLICY_LOSSES)

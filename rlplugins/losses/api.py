@@ -84,8 +84,9 @@ def compute_policy_loss(
     valid = check_policy_inputs(log_prob, old_log_prob, advantages, response_mask, rollout_is_weights, names=names)
     if on_nonfinite not in ("raise", "mask"):
         raise ValueError(f"on_nonfinite must be 'raise' or 'mask', got {on_nonfinite!r}")
-    gbi = normalize_global_batch_info(global_batch_info, owner=names.get("global_batch_info", "global_batch_info"))
-    check_global_counts(gbi, valid, loss_agg_mode, owner=names.get("global_batch_info", "global_batch_info"))
+    owner = names.get("global_batch_info", "global_batch_info")
+    gbi = normalize_global_batch_info(global_batch_info, owner=owner)
+    check_global_counts(gbi, valid, loss_agg_mode, owner=owner)
 
     dtype = _compute_dtype(log_prob)
     lp, old, adv = log_prob.to(dtype), old_log_prob.detach().to(dtype), advantages.detach().to(dtype)
@@ -131,7 +132,8 @@ def normalize_global_batch_info(info: Mapping[str, Any] | None, *, owner: str = 
 
     ``batch_num_tokens`` / ``global_batch_size``: finite numbers >= 0 (int, float or a one-element tensor; 0 only
     when the whole global batch is masked, see ``check_global_counts``); ``dp_size``: an int >= 1 (not 2.7, not
-    True); ``loss_scale_factor``: a finite number > 0. ``owner`` names the mapping in messages.
+    True); ``loss_scale_factor``: a finite number > 0. ``owner`` names the mapping in messages ("" names the
+    bare keys, for adapters whose callers pass them as arguments).
     """
     if info is None:
         return {}
@@ -144,7 +146,7 @@ def normalize_global_batch_info(info: Mapping[str, Any] | None, *, owner: str = 
     for key, value in info.items():
         if value is None:
             continue
-        where = f"{owner}[{key!r}]"
+        where = _where(owner, key)
         if key == "dp_size":
             if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() \
                     and value.dtype != torch.bool:
@@ -163,6 +165,12 @@ def normalize_global_batch_info(info: Mapping[str, Any] | None, *, owner: str = 
             raise ValueError(f"{where} must be >= 0, got {value!r}")
         out[key] = value
     return out
+
+
+def _where(owner: str, key: str) -> str:
+    """How a key is named in messages: ``global_batch_info['dp_size']``, or the bare key for an adapter whose
+    caller passed it as an argument (``owner=""``)."""
+    return f"{owner}[{key!r}]" if owner else key
 
 
 def _scalar(where: str, value: Any) -> float:
@@ -194,7 +202,7 @@ def check_global_counts(gbi: Mapping[str, Any], valid: torch.Tensor, loss_agg_mo
         return
     n_local = int(local)
     if _scalar(key, gbi[key]) < n_local:
-        raise ValueError(f"{owner}[{key!r}]={gbi[key]!r} is smaller than the {n_local} {what} of this call; it must "
+        raise ValueError(f"{_where(owner, key)}={gbi[key]!r} is smaller than the {n_local} {what} of this call; it must "
                          f"count the whole global batch (all micro-batches and data-parallel ranks)")
 
 
