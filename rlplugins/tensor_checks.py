@@ -86,7 +86,7 @@ def check_labels(
     ``valid`` mask: labels are read only where it is set, and there they must lie in ``[0, V)``; a label equal to
     ``ignore_index`` at a valid position is an error (it would be read as log p = 0 and trained on). One sync.
     """
-    labels = require_tensor(name, labels)
+    labels = require_tensor(name, labels, allow_meta=True)  # a meta tensor fails the device comparison below
     if labels.dtype not in LABEL_DTYPES:
         raise TypeError(f"{name} must be an int64 or int32 tensor, got {describe(labels)} (narrower integer types "
                         f"cannot hold ignore_index={ignore_index} exactly)")
