@@ -127,3 +127,58 @@ def test_set_epoch_consumed_samples_shortens_only_that_epoch():
     with pytest.raises(ValueError, match="epoch"):
         sampler.set_epoch(-1)
     assert math.isfinite(len(sampler))
+
+
+def _epoch_then_next(sampler, it):
+    out = list(it)
+    sampler.set_epoch(1)
+    return out + list(sampler)
+
+
+@settings(max_examples=25, deadline=None)
+@given(name=st.sampled_from(["sage", "dpo_full", "static_low_gap"]), b=st.integers(2, 8), data=st.data())
+def test_resume_is_exact_when_the_loader_batch_is_smaller_than_the_selector_batch(name, b, data):
+    """Issue 10: the state counts samples handed out, not selector batches drawn (a DataLoader batch of 1..b-1)."""
+    n = 48
+    lb = data.draw(st.integers(1, b - 1), label="loader batch")
+    sampler = SageSampler(_make(name, n=n, b=b))
+    sampler.set_epoch(0)
+    loader = DataLoader(_Pairs(n), batch_size=lb, sampler=sampler, num_workers=0)
+    steps = data.draw(st.integers(1, len(loader) - 1), label="steps before the checkpoint")
+    it = iter(loader)
+    done = [x for _ in range(steps) for x in next(it).tolist()]
+    state = sampler.state_dict()
+    rest = [x for batch in it for x in batch.tolist()]
+    sampler.set_epoch(1)
+    rest += [x for batch in loader for x in batch.tolist()]
+
+    resumed = SageSampler(_make(name, n=n, b=b))
+    resumed.load_state_dict(state)
+    resumed.set_epoch(0, consumed_samples=steps * lb)  # OpenRLHF's call after loading
+    loader2 = DataLoader(_Pairs(n), batch_size=lb, sampler=resumed, num_workers=0)
+    rest2 = [x for batch in loader2 for x in batch.tolist()]
+    resumed.set_epoch(1)
+    rest2 += [x for batch in loader2 for x in batch.tolist()]
+    assert len(done) + len(rest) == 2 * len(sampler)
+    assert rest2 == rest
+
+
+def test_prefetch_within_the_selector_batch_is_rewound_to_the_trainers_count():
+    """num_workers > 0: the loader took more indices than the trainer consumed; the trainer's count is exact as long
+    as the difference lies in the current selector batch, and otherwise a warning says the resume is approximate."""
+    n, b = 48, 8
+    sampler = SageSampler(_make("sage", n=n, b=b))
+    sampler.set_epoch(0)
+    it = iter(sampler)
+    handed = [next(it) for _ in range(13)]  # the loader prefetched up to 13; the trainer consumed 10
+    state = sampler.state_dict()
+    expected = handed[10:] + _epoch_then_next(sampler, it)
+    resumed = SageSampler(_make("sage", n=n, b=b))
+    resumed.load_state_dict(state)
+    resumed.set_epoch(0, consumed_samples=10)
+    assert _epoch_then_next(resumed, iter(resumed)) == expected
+
+    far = SageSampler(_make("sage", n=n, b=b))
+    far.load_state_dict(state)
+    with pytest.warns(RuntimeWarning, match="consumed 4 samples of epoch 0 .* handed out 13"):
+        far.set_epoch(0, consumed_samples=4)  # 9 prefetched: more than the current selector batch
