@@ -270,7 +270,9 @@ def test_meta_tensors_are_named():
 
 def test_labels_on_another_device_are_named_before_their_values_are_read():
     y = _logits_inputs()
-    with pytest.raises(ValueError, match=r"labels is on meta but logits is on cpu"):
+    with pytest.raises(ValueError, match=r"^labels is on meta but logits is on cpu$"):
+        policy_loss_from_logits("maspo", backend="torch", **{**y, "labels": y["labels"].to("meta")})
+    with pytest.raises(ValueError, match=r"^labels is on meta but logits is on cpu$"):
         logprobs_from_logits(y["logits"], y["labels"].to("meta"), backend="torch")
 
 

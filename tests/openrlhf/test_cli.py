@@ -157,7 +157,8 @@ def test_every_selector_name_parses():
     from rlplugins.selection import SELECTOR_NAMES
 
     for name in SELECTOR_NAMES:
-        spec, rest = parse_selector_flags(DPO + ["--selector", name])
+        extra = ["--selector.pass_rate_key", "pass_rate"] if name == "selective_dpo" else []  # it needs one
+        spec, rest = parse_selector_flags(DPO + ["--selector", name, *extra])
         assert spec.name == name and rest == DPO
 
 
