@@ -12,6 +12,10 @@
   tier 0 (a single curriculum level).
 - ``--selector.score_batch_size``: pairs per no-grad scoring forward (default: ``--train.micro_batch_size``).
 
+Everything is checked when the flags are parsed, before any model loads: a ``--sage.*`` flag the chosen selector
+never reads (or that a SAGE ablation sets itself), ``selective_dpo`` without a difficulty column, and the values of
+OpenRLHF's ``--model.beta`` (> 0) and ``--train.seed`` (>= 0), which the selector reads.
+
 Imports no OpenRLHF.
 """
 
@@ -145,6 +149,11 @@ def parse_selector_flags(argv: Sequence[str]) -> tuple[SelectorSpec | None, list
     if unused:
         raise FlagError(f"--sage.{unused[0]} has no effect with {SELECTOR_FLAG} {ns.selector} (it does not read "
                         f"{', '.join(unused)}); remove it, or choose a SAGE selector")
+    fixed = _fixed_by_selector(ns.selector)
+    clash = sorted(k for k in overrides if k in fixed and overrides[k] != fixed[k])
+    if clash:
+        raise FlagError(f"--sage.{clash[0]} {overrides[clash[0]]} contradicts {SELECTOR_FLAG} {ns.selector}, which sets "
+                        f"{clash[0]}={fixed[clash[0]]!r}; remove the flag, or choose another selector")
     if ns.selector in _NEEDS_DIFFICULTY and not (ns.difficulty_key or ns.pass_rate_key):
         raise FlagError(f"{SELECTOR_FLAG} {ns.selector} chooses pairs by difficulty, so it needs a difficulty column: "
                         f"add --selector.difficulty_key COLUMN or --selector.pass_rate_key COLUMN")
@@ -158,6 +167,13 @@ def parse_selector_flags(argv: Sequence[str]) -> tuple[SelectorSpec | None, list
     except (TypeError, ValueError) as exc:
         raise FlagError(f"invalid --sage.* value: {exc}") from None
     return SelectorSpec(ns.selector, overrides, ns.difficulty_key, ns.pass_rate_key, ns.score_batch_size), rest
+
+
+def _fixed_by_selector(name: str) -> Mapping[str, Any]:
+    """SageConfig fields a SAGE ablation sets itself (make_selector replaces them, so a flag would be ignored)."""
+    from rlplugins.selection import registry
+
+    return getattr(registry, "_SAGE_OVERRIDES", {}).get(name, {})
 
 
 def _openrlhf_flag(rest: Sequence[str], flag: str) -> str | None:

@@ -75,6 +75,8 @@ def test_core_policy_loss_checks_global_counts(kwargs, message):
     (["--selector", "dpo_full", "--sage.rescore_interval", "4"], r"--sage.rescore_interval has no effect with "
                                                                   r"--selector dpo_full"),
     (["--selector", "random_subset", "--sage.use_filter", "false"], r"--sage.use_filter has no effect"),
+    (["--selector", "sage_no_filter", "--sage.use_filter", "true"], r"--sage.use_filter True contradicts --selector "
+                                                                     r"sage_no_filter, which sets use_filter=False"),
     (["--selector", "sage", "--sage.warmup_steps", "1.5"], r"argument --sage.warmup_steps: invalid int \(or none\) "
                                                             r"value: '1.5'"),
 ])
