@@ -14,18 +14,17 @@ import torch
 import triton
 
 from rlplugins.tensor_checks import (  # noqa: F401  (re-exported for the kernel modules)
+    LOGIT_DTYPES,
     as_bool_mask,
     check_finite_rows,
     check_labels,
+    check_logits,
     check_no_overlap,
     check_temperature,
     require_float,
     require_like,
     require_tensor,
 )
-
-#: Logit dtypes the kernels read (computation is always float32).
-LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 #: Largest block the CPU interpreter uses: its cost grows with the number of block iterations, not their width.
 _INTERPRETER_MAX_BLOCK = 16384
@@ -91,17 +90,6 @@ def vocab_launch_config(vocab: int, kind: str, block_size: int | None = None) ->
     if stages is None:
         stages = 2 if kind == "fwd" else 1
     return LaunchConfig(block=block, num_warps=warps, num_stages=stages)
-
-
-def check_logits(logits: torch.Tensor, name: str = "logits") -> None:
-    """Raise TypeError/ValueError unless ``logits`` is a float32/bf16/fp16 tensor of shape [N, V] or [B, T, V]."""
-    require_tensor(name, logits)
-    if logits.dtype not in LOGIT_DTYPES:
-        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {logits.dtype}")
-    if logits.dim() not in (2, 3):
-        raise ValueError(f"{name} must have shape [N, V] or [B, T, V], got {tuple(logits.shape)}")
-    if logits.shape[-1] < 1:
-        raise ValueError(f"{name} must have a non-empty vocabulary dimension, got {tuple(logits.shape)}")
 
 
 def row_layout(logits: torch.Tensor) -> tuple[torch.Tensor, int, int, int, int]:

@@ -16,6 +16,9 @@ import numbers
 
 import torch
 
+#: Logit dtypes every logits path reads (computation is always float32).
+LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
 #: Label dtypes accepted everywhere: a narrower integer type cannot hold ``ignore_index=-100`` exactly
 #: (``torch.full_like(uint8, -100)`` wraps to 156, a valid token id).
 LABEL_DTYPES = (torch.int64, torch.int32)
@@ -69,6 +72,18 @@ def as_bool_mask(name: str, mask: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"{name} must contain only 0 and 1 (or be bool); found {int(bad.sum())} other value(s), "
                          f"first at index {first_index(bad)} ({describe(mask)})")
     return mask != 0
+
+
+def check_logits(logits: object, name: str = "logits") -> torch.Tensor:
+    """A float32/bf16/fp16 tensor of shape [N, V] or [B, T, V] with V >= 1."""
+    logits = require_tensor(name, logits)
+    if logits.dtype not in LOGIT_DTYPES:
+        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {logits.dtype}")
+    if logits.dim() not in (2, 3):
+        raise ValueError(f"{name} must have shape [N, V] or [B, T, V], got {tuple(logits.shape)}")
+    if logits.shape[-1] < 1:
+        raise ValueError(f"{name} must have a non-empty vocabulary dimension, got {tuple(logits.shape)}")
+    return logits
 
 
 def check_labels(

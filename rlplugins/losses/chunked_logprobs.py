@@ -18,11 +18,9 @@ from typing import Iterator
 
 import torch
 
-from ..tensor_checks import check_finite_rows, check_labels, check_no_overlap, check_temperature, require_tensor
+from ..tensor_checks import check_finite_rows, check_labels, check_logits, check_no_overlap, check_temperature
 
 __all__ = ["check_temperature", "chunked_token_logprobs", "default_chunk_rows"]
-
-LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 #: Default size of one float32 chunk: 64 MiB, i.e. ~110 rows at V = 151,936.
 DEFAULT_CHUNK_BYTES = 64 * 2**20
@@ -181,9 +179,4 @@ def chunked_token_logprobs(
 
 def check_logits_and_labels(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """Check both (shared rules: ``rlplugins.tensor_checks``); return the labels flattened to int64."""
-    logits = require_tensor("logits", logits)
-    if logits.dtype not in LOGIT_DTYPES:
-        raise TypeError(f"logits must be float32, bfloat16 or float16, got {logits.dtype}")
-    if logits.dim() not in (2, 3) or logits.shape[-1] < 1:
-        raise ValueError(f"logits must have shape [N, V] or [B, T, V] with V >= 1, got {tuple(logits.shape)}")
-    return check_labels(labels, logits, ignore_index)
+    return check_labels(labels, check_logits(logits), ignore_index)
