@@ -103,8 +103,10 @@ def check_labels(
     """
     labels = require_tensor(name, labels, allow_meta=True)  # a meta tensor fails the device comparison below
     if labels.dtype not in LABEL_DTYPES:
-        raise TypeError(f"{name} must be an int64 or int32 tensor, got {describe(labels)} (narrower integer types "
-                        f"cannot hold ignore_index={ignore_index} exactly)")
+        why = ""
+        if not (labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool):
+            why = f" (narrower integer types cannot hold ignore_index={ignore_index} exactly)"
+        raise TypeError(f"{name} must be an int64 or int32 tensor, got {describe(labels)}{why}")
     if labels.device != logits.device:
         raise ValueError(f"{name} is on {labels.device} but logits is on {logits.device}")
     if tuple(labels.shape) != tuple(logits.shape[:-1]):

@@ -34,7 +34,8 @@ def check_range(
     try:
         finite = math.isfinite(value)
     except OverflowError:  # an int beyond the float range, e.g. 10**400
-        finite = False
+        raise ValueError(f"{owner}.{field} must be finite, got an int of {len(str(abs(value)))} digits "
+                         f"(beyond the float range)") from None
     if not finite:
         raise ValueError(f"{owner}.{field} must be finite, got {value!r}")
     lo_ok = low is None or (value >= low if low_inclusive else value > low)

@@ -266,7 +266,7 @@ def test_a_list_as_loss_name_is_a_clear_type_error():
 
 @pytest.mark.parametrize("value", [10**400, -(10**400)])
 def test_huge_ints_are_reported_as_not_finite(value):
-    with pytest.raises(ValueError, match=r"MaspoConfig.alpha must be finite, got"):
+    with pytest.raises(ValueError, match=r"^MaspoConfig.alpha must be finite, got an int of 401 digits \(beyond the float range\)$"):
         MaspoConfig(alpha=value)
 
 
