@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
 import pytest
 
@@ -105,3 +106,28 @@ def test_trl_smoke_command(tmp_path, capsys):
     assert [r["step"] for r in data["grpo"]] == [1, 2] and [r["step"] for r in data["dpo"]] == [1, 2]
     assert data["grpo"][1]["rlplugins/ratio_max"] > 1.0  # the second step reuses the rollout (num_iterations=2)
     assert data["dpo"][1]["selector/pairs_observed"] == 8
+
+
+def _example(name):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "examples" / "trl" / name
+    spec = importlib.util.spec_from_file_location(name[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_scripts_parse_their_documented_flags():
+    script, args, model = _example("train_grpo_maspo.py").parse(
+        BASE + ["--model_name_or_path", "some/model", "--dataset_name", "some/data", "--loss_type", "maspo",
+                "--maspo_alpha", "0.3", "--loss_normalizer", "dapo", "--num_iterations", "2"])
+    assert (args.rlplugins_loss, args.num_iterations, model.model_name_or_path) == ("maspo", 2, "some/model")
+    assert script.reward_funcs == ["accuracy_reward"]
+    script, args, model = _example("train_dpo_sage.py").parse(
+        BASE + ["--model_name_or_path", "some/model", "--dataset_name", "some/data", "--selector", "sage",
+                "--sage_selection_ratio", "0.5", "--sage_rescore_interval", "100", "--selector_pass_rate_column",
+                "pass_rate", "--offline", "false"])
+    assert (args.selector, args.selector_config().rescore_interval, script.offline) == ("sage", 100, False)
