@@ -57,6 +57,8 @@ from rlplugins.selection import (  # noqa: E402
     sage_scores,
 )
 
+from ..reference_cache import ReferenceCache  # noqa: E402
+
 INDEX_COLUMN = "rlplugins_index"
 SELECTOR_STATE_FILE = "rlplugins_selector_rank{rank}.pt"
 # SageConfig fields the trainer sets itself: the DPO beta and the training seed.
@@ -139,32 +141,6 @@ def _pair_logps(log_probs: torch.Tensor, completion_mask: torch.Tensor, ld_alpha
     shift_completion_mask = completion_mask[..., 1:]
     per_token = log_probs[:, -shift_completion_mask.size(1):]
     return _sequence_logps(per_token, shift_completion_mask, ld_alpha).chunk(2, dim=0)
-
-
-class ReferenceCache:
-    """Reference log-probs per pair (they never change unless ``sync_ref_model``); NaN = not computed yet."""
-
-    def __init__(self, num_pairs: int) -> None:
-        self.chosen = torch.full((num_pairs,), float("nan"), dtype=torch.float64)
-        self.rejected = torch.full((num_pairs,), float("nan"), dtype=torch.float64)
-
-    def store(self, indices: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor) -> None:
-        self.chosen[indices] = chosen.detach().to("cpu", torch.float64)
-        self.rejected[indices] = rejected.detach().to("cpu", torch.float64)
-
-    def lookup(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        chosen, rejected = self.chosen[indices], self.rejected[indices]
-        if torch.isnan(chosen).any() or torch.isnan(rejected).any():
-            return None
-        return chosen, rejected
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"chosen": self.chosen.clone(), "rejected": self.rejected.clone()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if state["chosen"].shape != self.chosen.shape:
-            raise ValueError(f"reference cache holds {state['chosen'].numel()} pairs, the dataset {self.chosen.numel()}")
-        self.chosen, self.rejected = state["chosen"].clone(), state["rejected"].clone()
 
 
 def score_preference_pairs(trainer: DPOTrainer, indices: torch.Tensor | None = None, *, batch_size: int | None = None,

@@ -51,6 +51,18 @@ def _grads(loss, params, retain):
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
+def _compare(ours, other, model):
+    """Loss and gradient differences of two scalar losses of ``model`` (``ours`` keeps its graph for backward)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    g_ours, g_other = _grads(ours, params, retain=True), _grads(other, params, retain=False)
+    return {
+        "loss": float(ours.detach()),
+        "loss_diff": float((ours.detach() - other.detach()).abs()),
+        "grad_diff": max(float((a - b).abs().max()) for a, b in zip(g_ours, g_other)),
+        "grad_scale": max(float(b.abs().max()) for b in g_other),
+    }
+
+
 class TwinProbe(RLPluginsGRPOTrainer):
     """At every micro-step: our loss and TRL's ``reference_loss_type`` on the same model and inputs."""
 
@@ -78,14 +90,8 @@ class TwinProbe(RLPluginsGRPOTrainer):
             self.use_vllm = False
         reference_metrics = _new_entries(metrics, mid)
         _drop_entries(metrics, mid)
-        params = [p for p in model.parameters() if p.requires_grad]
-        g_ours = _grads(ours, params, retain=True)
-        g_ref = _grads(reference, params, retain=False)
         self.records.append({
-            "loss": float(ours.detach()),
-            "loss_diff": float((ours.detach() - reference.detach()).abs()),
-            "grad_diff": max(float((a - b).abs().max()) for a, b in zip(g_ours, g_ref)),
-            "grad_scale": max(float(b.abs().max()) for b in g_ref),
+            **_compare(ours, reference, model),
             "old_logps": "old_per_token_logps" in inputs,
             "ours_metrics": ours_metrics,
             "reference_metrics": reference_metrics,
@@ -202,14 +208,8 @@ class CoreProbe(RLPluginsGRPOTrainer):
         else:
             assert normalizer == "luspo"
             expected = core("seq-mean-token-sum", global_batch_size=batch) / accumulation
-        params = [p for p in model.parameters() if p.requires_grad]
-        g_ours = _grads(loss, params, retain=True)
-        g_core = _grads(expected, params, retain=False)
         self.records.append({
-            "loss": float(loss.detach()),
-            "loss_diff": float((loss.detach() - expected.detach()).abs()),
-            "grad_diff": max(float((a - b).abs().max()) for a, b in zip(g_ours, g_core)),
-            "grad_scale": max(float(b.abs().max()) for b in g_core),
+            **_compare(loss, expected, model),
             "ratio_max": self._metrics["train"]["rlplugins/ratio_max"][-1],
         })
         return loss
