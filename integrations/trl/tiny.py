@@ -23,25 +23,29 @@ def tiny_tokenizer() -> Any:
                                    eos_token="</s>")
 
 
-def tiny_model(seed: int = 0) -> Any:
-    """A random 2-layer Qwen2 (hidden 32, ~20K parameters) built from a config."""
+def tiny_model(seed: int = 0, moe: bool = False) -> Any:
+    """A random 2-layer Qwen2 (hidden 32, ~20K parameters) built from a config; ``moe=True``: a Mixtral of the same
+    size with 2 experts (its router load-balancing loss exercises the trainers' MoE aux-loss path)."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import MixtralConfig, MixtralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    config = Qwen2Config(
-        vocab_size=len(SPECIAL) + len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=2,
-        eos_token_id=3, tie_word_embeddings=True,
-    )
+    shape = dict(vocab_size=len(SPECIAL) + len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0,
+                 bos_token_id=2, eos_token_id=3, tie_word_embeddings=True)
+    if moe:
+        config, cls = MixtralConfig(num_local_experts=2, num_experts_per_tok=1, router_aux_loss_coef=0.02,
+                                    **shape), MixtralForCausalLM
+    else:
+        config, cls = Qwen2Config(**shape), Qwen2ForCausalLM
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return Qwen2ForCausalLM(config).eval()
+        return cls(config).eval()
 
 
-def save_tiny_model(directory: str | os.PathLike, seed: int = 0) -> str:
+def save_tiny_model(directory: str | os.PathLike, seed: int = 0, moe: bool = False) -> str:
     """Model and tokenizer saved like a hub checkpoint (GRPO with ``beta > 0`` loads its reference by path)."""
     path = os.fspath(directory)
-    tiny_model(seed).save_pretrained(path)
+    tiny_model(seed, moe).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
 

@@ -24,3 +24,10 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     from rlplugins.integrations.trl.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny_qwen2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from rlplugins.integrations.trl.tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_mixtral"), moe=True)

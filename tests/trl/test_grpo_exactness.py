@@ -63,11 +63,26 @@ def _compare(ours, other, model):
     }
 
 
+def _same_controller(a, b):
+    (coef_a, last_a, stats_a), (coef_b, last_b, stats_b) = a, b
+    same_stats = (stats_a is None and stats_b is None) or (
+        stats_a is not None and stats_b is not None and torch.allclose(stats_a, stats_b, rtol=1e-6))
+    return coef_a == coef_b and (last_a == last_b or math.isclose(last_a, last_b, rel_tol=1e-6)) and same_stats
+
+
 class TwinProbe(RLPluginsGRPOTrainer):
     """At every micro-step: our loss and TRL's ``reference_loss_type`` on the same model and inputs."""
 
     reference_loss_type = "grpo"
     inject_is_ratio = False
+
+    def _entropy_controller(self):
+        stats = self._entropy_window_stats
+        return self.entropy_coef, self._last_world_entropy, None if stats is None else stats.clone()
+
+    def _set_entropy_controller(self, state):
+        self.entropy_coef, self._last_world_entropy, stats = state
+        self._entropy_window_stats = None if stats is None else stats.clone()
 
     def _compute_loss(self, model, inputs):
         if self.inject_is_ratio:
@@ -78,8 +93,11 @@ class TwinProbe(RLPluginsGRPOTrainer):
         mode = "train" if self.model.training else "eval"
         metrics = self._metrics[mode]
         before = {k: len(v) for k, v in metrics.items()}
+        controller = self._entropy_controller()  # the adaptive entropy state both paths update
         ours = super()._compute_loss(model, inputs)
         ours_metrics = _new_entries(metrics, before)
+        ours_controller = self._entropy_controller()
+        self._set_entropy_controller(controller)
         mid = {k: len(v) for k, v in metrics.items()}
         saved = self.loss_type
         self.loss_type = self.reference_loss_type
@@ -90,6 +108,8 @@ class TwinProbe(RLPluginsGRPOTrainer):
             self.use_vllm = False
         reference_metrics = _new_entries(metrics, mid)
         _drop_entries(metrics, mid)
+        assert _same_controller(self._entropy_controller(), ours_controller)
+        self._set_entropy_controller(ours_controller)
         self.records.append({
             **_compare(ours, reference, model),
             "old_logps": "old_per_token_logps" in inputs,
@@ -109,6 +129,8 @@ TWIN_CASES = {
     "dapo": ("clip_higher", "dapo", dict(loss_normalizer="dapo", epsilon_high=0.28, beta=0.04,
                                          use_bias_correction_kl=True, inject_is=True)),
     "sapo": ("rlp_sapo", "sapo", dict(loss_normalizer="grpo", entropy_coef=0.01)),
+    "dapo_moe": ("ppo_clip", "dapo", dict(loss_normalizer="dapo", moe=True, use_adaptive_entropy=True,
+                                          entropy_target=10.0)),
     "cispo": ("rlp_cispo", "cispo", dict(loss_normalizer="dapo", cispo_eps_low=1.0, cispo_eps_high=4.0,
                                          epsilon_high=5.0, top_entropy_quantile=0.8, inject_is=True)),
 }
@@ -127,12 +149,13 @@ def _record_results(name, payload):
 
 
 @pytest.mark.parametrize("case", sorted(TWIN_CASES))
-def test_matches_trl_branch_through_train(case, tiny_model_dir, tmp_path):
+def test_matches_trl_branch_through_train(case, tiny_model_dir, tiny_moe_dir, tmp_path):
     ours_type, trl_type, overrides = TWIN_CASES[case]
     overrides = dict(overrides)
     inject = overrides.pop("inject_is", False)
+    moe = overrides.pop("moe", False)
     args = _args(tmp_path, loss_type=ours_type, **overrides)
-    trainer = TwinProbe(model=tiny_model_dir, reward_funcs=target_word_reward, args=args,
+    trainer = TwinProbe(model=tiny_moe_dir if moe else tiny_model_dir, reward_funcs=target_word_reward, args=args,
                         train_dataset=prompt_dataset(8), processing_class=tiny_tokenizer())
     trainer.reference_loss_type = trl_type
     trainer.inject_is_ratio = inject
@@ -164,13 +187,16 @@ def test_matches_trl_branch_through_train(case, tiny_model_dir, tmp_path):
     keys = set().union(*(r["reference_metrics"] for r in records))
     if overrides.get("beta"):
         assert "kl" in keys
-    if overrides.get("entropy_coef"):
+    if overrides.get("entropy_coef") or overrides.get("use_adaptive_entropy"):
         assert "policy_loss" in keys and "entropy_coef" in keys
+    if moe:
+        assert "aux_loss" in keys and trainer.aux_loss_enabled
     _record_results(f"{ours_type} vs trl {trl_type}", {
         "loss_max_abs_diff": max(r["loss_diff"] for r in records),
         "grad_max_abs_diff": max(r["grad_diff"] for r in records),
         "metric_max_abs_diff": metric_diff,
-        "features": sorted(k for k in overrides if k not in ("loss_normalizer",)) + (["vllm_is_ratio"] if inject else []),
+        "features": sorted(k for k in overrides if k not in ("loss_normalizer",))
+        + (["vllm_is_ratio"] if inject else []) + (["moe_aux_loss"] if moe else []),
     })
 
 
