@@ -167,6 +167,7 @@ def test_matches_trl_branch_through_train(case, tiny_model_dir, tiny_moe_dir, tm
     assert any(r["old_logps"] for r in records)
     # num_iterations=2: the second optimizer step reuses the rollout, so the ratio moved away from 1.
     assert max(r["ours_metrics"]["rlplugins/ratio_max"][0] for r in records) > 1.0 + 1e-3
+    assert max(r["grad_scale"] for r in records) > 0  # the gradients compared are not vacuous
     metric_diff = 0.0
     for r in records:
         expected_keys = set(r["reference_metrics"]) - {"cispo_clip_ratio"}
