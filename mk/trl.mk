@@ -9,7 +9,7 @@ TRL_PIN := trl==1.16.0
 TRL_PYTEST_ARGS ?= -q -p no:cacheprovider
 
 EXTRA_TEST_TARGETS += test-trl
-.PHONY: venv-trl test-trl trl-smoke
+.PHONY: venv-trl test-trl test-trl-slow trl-smoke
 
 $(TRL_VENV)/.trl-installed: $(OPENRLHF_VENV)/.installed mk/trl.mk
 	$(TRL_PY) -m pip install $(PIP_FLAGS) -c $(TRL_VENV)/torch-constraint.txt '$(TRL_PIN)'
@@ -19,7 +19,11 @@ $(TRL_VENV)/.trl-installed: $(OPENRLHF_VENV)/.installed mk/trl.mk
 venv-trl: $(TRL_VENV)/.trl-installed
 
 test-trl: venv-trl
-	$(TRL_PY) -m pytest tests/trl $(TRL_PYTEST_ARGS)
+	$(TRL_PY) -m pytest tests/trl -m "not slow" $(TRL_PYTEST_ARGS)
+
+# Not in `make test` (about a minute): SageDPOTrainer under real 2-process DDP on CPU (torchrun, gloo).
+test-trl-slow: venv-trl
+	$(TRL_PY) -m pytest tests/trl -m slow $(TRL_PYTEST_ARGS)
 
 # A few real GRPO steps (an rlplugins loss, num_iterations=2) and SAGE DPO steps through TRL's trainers on CPU.
 trl-smoke: venv-trl
