@@ -80,8 +80,21 @@ def _run(args, cls=Recorder, resume=None):
 
 
 def test_margins_fed_back_equal_trl_and_batches_follow_the_selector(tmp_path):
-    trainer, drawn = _run(_args(tmp_path, max_steps=4))
+    policy_calls = []
+
+    class Watched(Recorder):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.model.register_forward_hook(
+                lambda m, args, kwargs, out: policy_calls.append((torch.is_grad_enabled(), m.training))
+                if kwargs.get("fused_lm_head") else None, with_kwargs=True)
+
+    trainer, drawn = _run(_args(tmp_path, max_steps=4), cls=Watched)
     seen = trainer.steps_seen
+    # Scoring forwards of the policy: no gradient, eval mode; the training forwards: one per micro-step.
+    scoring = [c for c in policy_calls if not c[0]]
+    assert scoring and all(training is False for _, training in scoring)
+    assert sum(1 for grad, training in policy_calls if grad and training) == len(seen)
     assert len(seen) == 8  # 4 optimizer steps x 2 micro-batches
     for step in seen:
         assert math.isclose(step["margin"], step["trl_margin"], rel_tol=1e-5, abs_tol=1e-6)
