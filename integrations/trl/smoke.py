@@ -85,6 +85,9 @@ def main(args: argparse.Namespace) -> int:
     from .version import check_trl_version
 
     version = check_trl_version()
+    import datasets
+
+    datasets.disable_progress_bars()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(1)  # a 20K-parameter model: threads only add synchronisation
     if args.steps < 1:
