@@ -6,6 +6,8 @@
 TRL_VENV = $(OPENRLHF_VENV)
 TRL_PY = $(TRL_VENV)/bin/python
 TRL_PIN := trl==1.16.0
+# The transformers version OpenRLHF's recipe pins (installing TRL must not move it).
+TRL_TRANSFORMERS = $(patsubst transformers==%,%,$(filter transformers==%,$(OPENRLHF_DEPS)))
 TRL_PYTEST_ARGS ?= -q -p no:cacheprovider
 
 EXTRA_TEST_TARGETS += test-trl
@@ -13,7 +15,7 @@ EXTRA_TEST_TARGETS += test-trl
 
 $(TRL_VENV)/.trl-installed: $(OPENRLHF_VENV)/.installed mk/trl.mk
 	$(TRL_PY) -m pip install $(PIP_FLAGS) -c $(TRL_VENV)/torch-constraint.txt '$(TRL_PIN)'
-	$(TRL_PY) -c "import torch, transformers, trl; t = torch.__version__; assert t == '$(subst torch==,,$(TORCH_PIN))+cpu', f'torch was replaced: {t}'; assert transformers.__version__ == '5.15.0', transformers.__version__; assert trl.__version__ == '$(subst trl==,,$(TRL_PIN))', trl.__version__"
+	$(TRL_PY) -c "import torch, transformers, trl; t = torch.__version__; assert t == '$(subst torch==,,$(TORCH_PIN))+cpu', f'torch was replaced: {t}'; assert transformers.__version__ == '$(TRL_TRANSFORMERS)', transformers.__version__; assert trl.__version__ == '$(subst trl==,,$(TRL_PIN))', trl.__version__"
 	touch $@
 
 venv-trl: $(TRL_VENV)/.trl-installed
