@@ -6,10 +6,11 @@ selector (SAGE or any baseline, by name), plus the offline route (``select_pairs
 
 The loss, its metrics, the optimizer and checkpointing stay TRL's. What changes:
 
-- **Sampler.** ``_get_train_sampler`` returns a sampler driven by ``selector.next_batch()``. One selector batch is one
-  optimizer step on this process (``per_device_train_batch_size * gradient_accumulation_steps`` pairs), so
-  ``sage_rescore_interval=N`` re-scores every N optimizer steps. The epoch length is TRL's (``len(train_dataset)``
-  pairs over all processes), so the LR schedule does not change.
+- **Sampler.** The training loader (``get_train_dataloader``; ``_get_train_sampler`` returns the same sampler) reads
+  ``selector.next_batch()``. One selector batch is one optimizer step on this process
+  (``per_device_train_batch_size * gradient_accumulation_steps`` pairs), so ``sage_rescore_interval=N`` re-scores
+  every N optimizer steps. The epoch length is TRL's (this process's share of ``len(train_dataset)``, in whole
+  steps), so the LR schedule does not change.
 - **Scoring.** When the selector asks (``indices_to_score``, pull mode), the policy runs forward-only, in eval mode
   without gradients, on those pairs through TRL's fused LM head (``score_preference_pairs``); reference log-probs come
   from TRL's ``compute_ref_log_probs`` (or the precomputed columns) and are cached per pair.
