@@ -1,7 +1,8 @@
 """The `rlplugins` command.
 
 Each subcommand lives in its own module, imported only when that subcommand runs, so that
-`rlplugins demo` never imports a framework and `rlplugins verl-smoke` is the only path that needs veRL.
+`rlplugins demo` never imports a framework and `rlplugins verl-smoke` / `trl-smoke` are the only paths that need
+veRL / TRL.
 A subcommand module provides `add_arguments(parser)` and `main(args) -> int`.
 """
 
@@ -16,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("rlplugins.demo", "toy RLVR run on CPU comparing maspo, ppo_clip, sapo and pg"),
     "losses": ("rlplugins.losses.describe", "list the registered policy losses and their defaults"),
     "verl-smoke": ("rlplugins.integrations.verl.smoke", "run veRL's real actor worker on CPU for two steps"),
+    "trl-smoke": ("rlplugins.integrations.trl.smoke", "a few real GRPO (rlplugins loss) and SAGE DPO steps in TRL on CPU"),
 }
 
 

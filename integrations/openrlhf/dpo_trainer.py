@@ -36,28 +36,11 @@ from openrlhf.trainer.dpo_trainer import DPOTrainer  # noqa: E402  (the original
 
 from rlplugins.selection import PairSelector, SageConfig, make_selector  # noqa: E402
 
+from ..reference_cache import ReferenceCache  # noqa: E402
 from .dpo_sampler import ScoredSampler  # noqa: E402
 from .selector_flags import SelectorSpec  # noqa: E402
 
 SELECTOR_STATE_FILE = "rlplugins_selector_rank{rank}.pt"
-
-
-class ReferenceCache:
-    """Reference log-probs per pair (sums over response tokens); NaN = not computed yet."""
-
-    def __init__(self, num_pairs: int) -> None:
-        self.chosen = torch.full((num_pairs,), float("nan"), dtype=torch.float64)
-        self.rejected = torch.full((num_pairs,), float("nan"), dtype=torch.float64)
-
-    def store(self, indices: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor) -> None:
-        self.chosen[indices] = chosen.detach().to("cpu", torch.float64)
-        self.rejected[indices] = rejected.detach().to("cpu", torch.float64)
-
-    def lookup(self, indices: torch.Tensor) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-        chosen, rejected = self.chosen[indices], self.rejected[indices]
-        if torch.isnan(chosen).any() or torch.isnan(rejected).any():
-            return None
-        return chosen, rejected
 
 
 class SelectedPairsDPOLoss(nn.Module):
