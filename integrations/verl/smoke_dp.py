@@ -109,26 +109,22 @@ def dp_overrides() -> list[str]:
     ]
 
 
-def make_dp_batch(seed: int) -> dict[str, Any]:
-    """8 sequences of different prompt/response lengths (the ranks get different token counts)."""
+def rollout_batch(prompt_lens: list[int], response_lens: list[int], seq_adv: list[float], g) -> dict[str, Any]:
+    """A GRPO-shaped batch as the trainer sends it: left-padded prompts, right-padded responses, one advantage
+    per sequence broadcast over its tokens (the layout of ``smoke.make_batch``, for any lengths)."""
     import torch
 
-    P, R = smoke.PROMPT_LEN, smoke.RESPONSE_LEN
-    g = torch.Generator().manual_seed(seed + 11)
-    prompt_lens = [6, 4, 5, 3, 2, 6, 4, 5]
-    response_lens = [5, 3, 4, 2, 5, 1, 5, 2]  # rank 0 gets 14 tokens, rank 1 gets 13 (of 27) with 2 ranks
-    prompts = torch.zeros(DP_BATCH, P, dtype=torch.long)
-    responses = torch.zeros(DP_BATCH, R, dtype=torch.long)
-    prompt_mask = torch.zeros(DP_BATCH, P, dtype=torch.long)
-    response_mask = torch.zeros(DP_BATCH, R, dtype=torch.long)
-    for i in range(DP_BATCH):
-        p, r = prompt_lens[i], response_lens[i]
+    P, R, B = smoke.PROMPT_LEN, smoke.RESPONSE_LEN, len(prompt_lens)
+    prompts = torch.zeros(B, P, dtype=torch.long)
+    responses = torch.zeros(B, R, dtype=torch.long)
+    prompt_mask = torch.zeros(B, P, dtype=torch.long)
+    response_mask = torch.zeros(B, R, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompt_lens, response_lens, strict=True)):
         prompts[i, P - p:] = torch.randint(4, smoke.VOCAB, (p,), generator=g)
         prompt_mask[i, P - p:] = 1
         responses[i, :r] = torch.randint(4, smoke.VOCAB, (r,), generator=g)
         response_mask[i, :r] = 1
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
-    seq_adv = torch.tensor([-1.0, 1.0, -0.5, 0.5, 1.5, -1.5, 0.8, -0.3])
     return {
         "prompts": prompts,
         "responses": responses,
@@ -136,10 +132,25 @@ def make_dp_batch(seed: int) -> dict[str, Any]:
         "attention_mask": attention_mask,
         "position_ids": torch.clamp(torch.cumsum(attention_mask, dim=1) - 1, min=0),
         "response_mask": response_mask,
-        "advantages": seq_adv[:, None] * response_mask,
-        "rollout_is_weights": (0.5 + torch.rand(DP_BATCH, R, generator=g)) * response_mask,
+        "advantages": torch.tensor(seq_adv)[:, None] * response_mask,
+    }
+
+
+def make_dp_batch(seed: int) -> dict[str, Any]:
+    """8 sequences of different prompt/response lengths (the ranks get different token counts), plus fixed
+    per-token rollout_is_weights and old-log-prob offsets."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed + 11)
+    # with 2 ranks: 14 response tokens on rank 0, 13 on rank 1
+    batch = rollout_batch([6, 4, 5, 3, 2, 6, 4, 5], [5, 3, 4, 2, 5, 1, 5, 2],
+                          [-1.0, 1.0, -0.5, 0.5, 1.5, -1.5, 0.8, -0.3], g)
+    mask = batch["response_mask"]
+    return {
+        **batch,
+        "rollout_is_weights": (0.5 + torch.rand(mask.shape, generator=g)) * mask,
         # old = logp + delta: ratios exp(-delta) in [0.55, 1.82], so clips and gates are active in the update
-        "old_log_prob_offset": (torch.rand(DP_BATCH, R, generator=g) * 1.2 - 0.6) * response_mask,
+        "old_log_prob_offset": (torch.rand(mask.shape, generator=g) * 1.2 - 0.6) * mask,
     }
 
 
