@@ -55,7 +55,8 @@ def add_dp_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data-parallel check (--nproc-per-node N)")
     group.add_argument(
         "--nproc-per-node", type=int, default=None, metavar="N",
-        help="compare one update on N data-parallel CPU ranks (torchrun, gloo, FSDP2) with the same update on 1 rank",
+        help="compare one update on N data-parallel CPU ranks (torchrun, gloo, FSDP2) with the same update on 1 rank "
+        "(an 8-sequence batch with rollout_is_weights, SGD; --steps and --rollout-is-weights do not apply)",
     )
     group.add_argument(
         "--dp-cases", default=None, metavar="CASES",
