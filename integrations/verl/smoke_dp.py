@@ -337,10 +337,10 @@ def _report(result: dict[str, Any]) -> list[str]:
     print(f"{'case':<40} {'max|p1-p' + str(n) + '|':>14} {'max|update|':>12} {'tokens/rank':>12}  metrics")
     failed = []
     for name, r in result["cases"].items():
-        ok_metrics = not r["metrics_disagreeing"]
+        agreement = (f"DISAGREE: {', '.join(sorted(r['metrics_disagreeing']))}" if r["metrics_disagreeing"]
+                     else f"{len(r['metrics_compared'])} agree")
         print(f"{name:<40} {r['max_param_diff']:>14.3e} {r['max_update']:>12.3e} "
-              f"{','.join(map(str, r['tokens_per_rank'])):>12}  "
-              f"{len(r['metrics_compared'])} agree" if ok_metrics else f"DISAGREE: {sorted(r['metrics_disagreeing'])}")
+              f"{','.join(map(str, r['tokens_per_rank'])):>12}  {agreement}")
         if not r["params_ok"]:
             failed.append(f"{name}: parameters differ by {r['max_param_diff']:.3e} (update {r['max_update']:.3e})")
         for k, (x, y) in r["metrics_disagreeing"].items():

@@ -68,6 +68,9 @@ def test_two_ranks_match_one_rank_and_a_locally_normalised_loss_does_not(tmp_pat
     assert proc.returncode == 1
     assert result["failed_checks"] and all(line.startswith(WRONG) for line in result["failed_checks"])
     assert "checks: FAILED" in proc.stdout
+    assert next(line for line in proc.stdout.splitlines() if line.startswith(f"{WRONG}:")).endswith(
+        "DISAGREE: actor/pg_loss, grad_norm, loss")  # the 1-rank values are twice the 2-rank ones
+    assert wrong["metrics_1"]["grad_norm"] == pytest.approx(2 * wrong["metrics_2"]["grad_norm"], rel=1e-4)
 
 
 @pytest.mark.slow
