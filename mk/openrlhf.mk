@@ -11,7 +11,7 @@ OPENRLHF_DEPS := transformers==5.15.0 peft ray==2.55.0 pylatexenc datasets torch
 OPENRLHF_DS_PIN := deepspeed==0.19.6
 OPENRLHF_PYTEST_ARGS ?= -q -p no:cacheprovider
 
-.PHONY: venv-openrlhf test-openrlhf test-openrlhf-slow
+.PHONY: venv-openrlhf test-openrlhf test-openrlhf-slow test-openrlhf-dp
 
 $(OPENRLHF_VENV)/.installed: pyproject.toml mk/openrlhf.mk
 	test -x $(OPENRLHF_PY) || $(PYTHON) -m venv $(OPENRLHF_VENV)
@@ -37,5 +37,12 @@ test-openrlhf: venv-openrlhf
 test-openrlhf-slow: export TRITON_INTERPRET = $(TEST_TRITON_INTERPRET)
 test-openrlhf-slow: venv-openrlhf
 	RLP_OPENRLHF_SLOW=1 $(OPENRLHF_PY) -m pytest tests/openrlhf -m slow $(OPENRLHF_PYTEST_ARGS)
+
+# Data parallelism (minutes, not in `make test`): the SAGE DPO wrapper on 2 DeepSpeed ZeRO-2 ranks (gloo): disjoint
+# shards covering the set, and a preempted run resumed from its checkpoint continues exactly on each rank. The
+# first run JIT-compiles DeepSpeed's CPU Adam. (CorePolicyLoss's 2-rank gradient check is in `make test-openrlhf`.)
+test-openrlhf-dp: venv-openrlhf
+	RLP_OPENRLHF_SLOW=1 $(OPENRLHF_PY) -m pytest tests/openrlhf/test_t2_train_dpo_cli.py -m slow -k two_ranks \
+		$(OPENRLHF_PYTEST_ARGS)
 
 EXTRA_TEST_TARGETS += test-openrlhf

@@ -6,7 +6,7 @@ VERL_PY := $(VERL_VENV)/bin/python
 VERL_PIN := verl[verl-core]==0.9.1
 
 EXTRA_TEST_TARGETS += test-verl
-.PHONY: venv-verl test-verl verl-smoke
+.PHONY: venv-verl test-verl test-verl-dp verl-smoke
 
 # Order matters: torch first (the CPU build; veRL's base requirements pin no torch, and its
 # vllm/sglang/fsdp/megatron/cpu extras pin torch 2.11, so none of them is requested), then veRL,
@@ -26,7 +26,13 @@ venv-verl: $(VERL_VENV)/.installed
 
 test-verl: export TRITON_INTERPRET = $(TEST_TRITON_INTERPRET)
 test-verl: venv-verl
-	$(VERL_PY) -m pytest tests/verl -q -p no:cacheprovider
+	$(VERL_PY) -m pytest tests/verl -m "not slow" -q -p no:cacheprovider
+
+# Data parallelism, full matrix (about 2.5 min on 2 cores, so not in `make test`, which runs two cases and a
+# negative control): for maspo and rlp_ppo_clip x the five aggregation modes, one update_actor of veRL's real
+# worker on 2 ranks (torchrun, gloo, FSDP2) must give the parameters and metrics of the same update on 1 rank.
+test-verl-dp: venv-verl
+	RLP_VERL_SLOW=1 $(VERL_PY) -m pytest tests/verl/test_data_parallel.py -m slow -q -p no:cacheprovider
 
 # Two real update steps of veRL's actor worker on CPU under the flags in VERL_SMOKE_ARGS.
 verl-smoke: venv-verl

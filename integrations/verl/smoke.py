@@ -85,6 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also send random per-token rollout_is_weights, as veRL's rollout correction does",
     )
     parser.add_argument("--json", metavar="PATH", default=None, help="write the per-step metrics to this JSON file")
+    from .smoke_dp import add_dp_arguments  # the data-parallel mode lives in its own module
+
+    add_dp_arguments(parser)
 
 
 def override_key(override: str) -> str:
@@ -450,6 +453,12 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if getattr(args, "nproc_per_node", None) is not None:
+        from . import smoke_dp
+
+        if ignored:
+            print("ignored on CPU (owned by the smoke run): " + " ".join(ignored))
+        return smoke_dp.main(args, kept)
     try:
         result = run(kept, steps=args.steps, seed=args.seed, rollout_is_weights=args.rollout_is_weights)
     except Exception as exc:  # a configuration error is the most likely outcome: say so plainly
