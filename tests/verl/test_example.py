@@ -120,3 +120,14 @@ def test_print_loss_flags_feeds_the_smoke_run(script, env, mode):
     assert all("policy_loss" in f or "loss_agg_mode" in f or "clip_ratio" in f for f in flags)
     kept, ignored = smoke.split_overrides(flags)
     assert kept == flags and ignored == []  # the smoke run applies every loss flag as given
+
+
+@pytest.mark.parametrize("mode,clipfrac,fails", [("vanilla", 1.0, False), ("vanilla", 0.5, True), ("maspo", 1.0, True)])
+def test_smoke_accepts_a_zero_gradient_only_when_a_hard_clip_clipped_everything(mode, clipfrac, fails, capsys):
+    from rlplugins.integrations.verl import smoke
+
+    step1 = {"actor/ppo_kl": 0.0, "grad_norm": 3.0, "actor/pg_clipfrac": 0.0}
+    step2 = {"actor/ppo_kl": 0.25, "grad_norm": 0.0, "actor/pg_clipfrac": clipfrac}
+    result = {"loss_mode": mode, "loss_fn": "f", "policy_loss_config": "C", "steps": [step1, step2]}
+    failed = smoke._report(result, [])
+    assert (failed == ["grad_norm is not > 0 at step 2"]) if fails else (failed == [])
