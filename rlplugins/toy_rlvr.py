@@ -16,6 +16,10 @@ One training step is the veRL actor loop in miniature (docs/maspo.md §1):
    ``ppo_epochs``): every step after the first is off-policy, which is where the gated losses differ from
    plain policy gradient (with one mini-batch and one epoch the ratio is 1 and MASPO *is* PG).
 
+Measured along the way: the exact entropy of the rollout policy on the answer tokens (each step), greedy
+accuracy on a fixed held-out set (every ``eval_every`` steps) and, at the last evaluations, mean@k / pass@k
+from ``eval_k`` samples per held-out prompt at temperature 1.
+
 Nothing here is downloaded; everything is seeded with explicit generators so a run is reproducible.
 """
 
@@ -147,7 +151,7 @@ class TinyPolicy(nn.Module):
 class TrainConfig:
     """One shared setting for every loss (a fair comparison changes only the loss)."""
 
-    steps: int = 160
+    steps: int = 160  # 25 runs (5 losses x 5 seeds) of 160 steps: about 3 minutes on 2 idle cores
     prompts_per_step: int = 32
     group_size: int = 8
     # 8 mini-batches x 2 epochs = 16 optimiser steps per rollout batch, the paper's count (512 prompts,
