@@ -46,7 +46,7 @@ case "$LOSS" in
       +actor_rollout_ref.actor.policy_loss.variant=official
       +actor_rollout_ref.actor.policy_loss.dual_clip=null   # the official maspo mode has no dual clip
       +actor_rollout_ref.actor.policy_loss.bilateral=False
-      +actor_rollout_ref.actor.policy_loss.on_nonfinite=raise
+      +actor_rollout_ref.actor.policy_loss.on_nonfinite=mask   # NaN/inf tokens dropped and counted (the adapter default)
       actor_rollout_ref.actor.loss_agg_mode=token-mean
     ) ;;
   grpo)
