@@ -7,7 +7,7 @@
 #   DATA=dapo_math_17k.jsonl REWARD_URL=math_verify_reward.py bash examples/openrlhf/train_maspo_paper.sh
 #   LOSS=grpo DATA=... REWARD_URL=... bash examples/openrlhf/train_maspo_paper.sh
 #
-# Published (the official repository's README and public notes on the paper; the paper body is not public):
+# Published (the official repository's README and public notes on the paper):
 #   DeepSeek-R1-Distill-Qwen-1.5B (also 7B, 14B); DAPO-Math-17K; binary verifier reward (math_verify); 512 prompts
 #   per rollout batch and mini-batches of 32 prompts, one epoch: 16 optimiser steps per batch, 15 of them
 #   off-policy; no KL (loss or reward), no entropy bonus; token-level aggregation; MASPO at the official defaults.

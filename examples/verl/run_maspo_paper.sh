@@ -13,7 +13,7 @@
 #   rlplugins verl-smoke $(bash examples/verl/run_maspo_paper.sh --print-loss-flags)
 #   rlplugins verl-smoke $(LOSS=grpo bash examples/verl/run_maspo_paper.sh --print-loss-flags)
 #
-# Published (the official repository's README and public notes on the paper; the paper body is not public):
+# Published (the official repository's README and public notes on the paper):
 #   DeepSeek-R1-Distill-Qwen-1.5B (also 7B, 14B); DAPO-Math-17K; binary verifier reward; 512 prompts per rollout
 #   batch and PPO mini-batches of 32 prompts, one epoch: 16 optimiser steps per batch, 15 of them off-policy;
 #   no KL loss, no KL in the reward, no entropy bonus; token-level aggregation; MASPO at the official defaults.
