@@ -14,7 +14,7 @@ import sys
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("rlplugins.demo", "toy RLVR run on CPU comparing maspo, ppo_clip, sapo and pg"),
+    "demo": ("rlplugins.demo", "toy RLVR run on CPU comparing maspo, its no-gate control, GRPO (dual clip), sapo and pg"),
     "losses": ("rlplugins.losses.describe", "list the registered policy losses and their defaults"),
     "verl-smoke": ("rlplugins.integrations.verl.smoke", "run veRL's real actor worker on CPU for two steps"),
     "trl-smoke": ("rlplugins.integrations.trl.smoke", "a few real GRPO (rlplugins loss) and SAGE DPO steps in TRL on CPU"),

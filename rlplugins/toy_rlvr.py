@@ -16,6 +16,10 @@ One training step is the veRL actor loop in miniature (docs/maspo.md §1):
    ``ppo_epochs``): every step after the first is off-policy, which is where the gated losses differ from
    plain policy gradient (with one mini-batch and one epoch the ratio is 1 and MASPO *is* PG).
 
+Measured along the way: the exact entropy of the rollout policy on the answer tokens (each step), greedy
+accuracy on a fixed held-out set (every ``eval_every`` steps) and, at the last evaluations, mean@k / pass@k
+from ``eval_k`` samples per held-out prompt at temperature 1.
+
 Nothing here is downloaded; everything is seeded with explicit generators so a run is reproducible.
 """
 
@@ -33,7 +37,8 @@ from torch import nn
 from .losses import compute_policy_loss, grpo_advantages
 
 # Per-step metrics averaged over the mini-batch updates of a step (keys of compute_policy_loss's metrics).
-LOSS_METRICS = ("ppo_kl", "gate_mean", "gate_min", "damp_frac", "ratio_max", "pg_clipfrac", "eff_weight_mean")
+LOSS_METRICS = ("ppo_kl", "gate_mean", "gate_min", "damp_frac", "ratio_max", "pg_clipfrac", "eff_weight_mean",
+                "quad_pos_frac", "quad_neg_frac")
 
 
 @dataclass(frozen=True)
@@ -109,12 +114,21 @@ class TinyPolicy(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, prompts: torch.Tensor, generator: torch.Generator | None, temperature: float = 1.0, greedy: bool = False
-    ) -> torch.Tensor:
-        """Sample (or take the arg-max of) ``max_len`` answer digits; ``[n, max_len]`` int64."""
+        self,
+        prompts: torch.Tensor,
+        generator: torch.Generator | None,
+        temperature: float = 1.0,
+        greedy: bool = False,
+        return_entropy: bool = False,
+    ):
+        """Sample (or take the arg-max of) ``max_len`` answer digits; ``[n, max_len]`` int64.
+
+        With ``return_entropy``, also the entropy (nats) of each step's sampling distribution, ``[n, max_len]``
+        float32: what veRL logs as ``actor/entropy``, here exact rather than estimated from the samples.
+        """
         out, h = self.gru(self.embed(self._context(prompts)))
         last = out[:, -1]
-        steps = []
+        steps, entropies = [], []
         for t in range(self.task.max_len):
             logits = self.head(last)
             if greedy:
@@ -122,18 +136,22 @@ class TinyPolicy(nn.Module):
             else:
                 probs = torch.softmax(logits.float() / temperature, dim=-1)
                 tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            if return_entropy:
+                logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+                entropies.append(-(logp.exp() * logp).sum(-1))
             steps.append(tok)
             if t + 1 < self.task.max_len:
                 step_out, h = self.gru(self.embed(tok)[:, None], h)
                 last = step_out[:, 0]
-        return torch.stack(steps, dim=1)
+        tokens = torch.stack(steps, dim=1)
+        return (tokens, torch.stack(entropies, dim=1)) if return_entropy else tokens
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """One shared setting for every loss (a fair comparison changes only the loss)."""
 
-    steps: int = 200
+    steps: int = 160  # 25 runs (5 losses x 5 seeds) of 160 steps: about 3 minutes on 2 idle cores
     prompts_per_step: int = 32
     group_size: int = 8
     # 8 mini-batches x 2 epochs = 16 optimiser steps per rollout batch, the paper's count (512 prompts,
@@ -147,11 +165,17 @@ class TrainConfig:
     eval_every: int = 10
     eval_prompts: int = 512
     eval_seed: int = 1234
+    # Sampled evaluation (temperature 1, the rollout temperature): k responses per held-out prompt give mean@k
+    # (mean accuracy) and pass@k (share of prompts with at least one correct), at the last ``sampled_evals``
+    # evaluations only (the curve itself is greedy, which is cheap).
+    eval_k: int = 16
+    sampled_evals: int = 3
     loss_agg_mode: str = "token-mean"
     task: ReverseTask = field(default_factory=ReverseTask)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "prompts_per_step", "group_size", "minibatches", "epochs", "eval_every", "eval_prompts", "hidden", "embed"):
+        for name in ("steps", "prompts_per_step", "group_size", "minibatches", "epochs", "eval_every", "eval_prompts", "hidden", "embed",
+                     "eval_k", "sampled_evals"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig.{name} must be an int >= 1, got {value!r}")
@@ -182,6 +206,19 @@ def evaluate(policy: TinyPolicy, prompts: torch.Tensor, lengths: torch.Tensor, b
     return float(correct.mean())
 
 
+@torch.no_grad()
+def evaluate_sampled(
+    policy: TinyPolicy, prompts: torch.Tensor, lengths: torch.Tensor, k: int, generator: torch.Generator,
+    temperature: float = 1.0,
+) -> dict[str, float]:
+    """``k`` samples per prompt at ``temperature``: ``mean@k`` (mean exact-match accuracy over all samples),
+    ``pass@k`` (share of prompts with at least one exact match among its k), the paper's Avg@k / Pass@k."""
+    n = prompts.shape[0]
+    rep_p, rep_l = prompts.repeat_interleave(k, dim=0), lengths.repeat_interleave(k, dim=0)
+    correct = policy.task.reward(rep_p, rep_l, policy.generate(rep_p, generator, temperature)).view(n, k)
+    return {"mean_at_k": float(correct.mean()), "pass_at_k": float(correct.amax(dim=1).mean())}
+
+
 def train(
     loss_name: str,
     seed: int,
@@ -206,7 +243,11 @@ def train(
     rows_per_mb = cfg.prompts_per_step * cfg.group_size // cfg.minibatches
 
     eval_steps, eval_reward = [0], [evaluate(policy, ev_prompts, ev_lengths)]
+    planned_evals = [s for s in range(1, cfg.steps + 1) if s % cfg.eval_every == 0 or s == cfg.steps]
+    sampled_at = set(planned_evals[-cfg.sampled_evals:])
+    sampled: dict[str, list] = {"steps": [], "mean_at_k": [], "pass_at_k": []}
     train_reward: list[float] = []
+    entropy: list[float] = []  # mean per-token entropy of the rollout policy over the answer tokens, per step
     step_metrics: dict[str, list[float]] = {k: [] for k in LOSS_METRICS}
     # The same metrics over the off-policy mini-batches only (index >= 1); the first one has ratio 1.
     offpolicy_metrics: dict[str, list[float]] = {k: [] for k in LOSS_METRICS}
@@ -216,10 +257,11 @@ def train(
         prompts, lengths = task.sample_prompts(cfg.prompts_per_step, prompt_gen)
         prompts = prompts.repeat_interleave(cfg.group_size, dim=0)  # groups contiguous
         lengths = lengths.repeat_interleave(cfg.group_size, dim=0)
-        responses = policy.generate(prompts, sample_gen)
+        responses, ent = policy.generate(prompts, sample_gen, return_entropy=True)
         rewards = task.reward(prompts, lengths, responses)
         train_reward.append(float(rewards.mean()))
         mask = task.answer_mask(lengths)
+        entropy.append(float(ent[mask].mean()))
         adv = grpo_advantages(rewards, cfg.group_size)[:, None].expand_as(mask).contiguous()
 
         chunks = [slice(i * rows_per_mb, (i + 1) * rows_per_mb) for i in range(cfg.minibatches)]
@@ -252,6 +294,13 @@ def train(
         if step % cfg.eval_every == 0 or step == cfg.steps:
             eval_steps.append(step)
             eval_reward.append(evaluate(policy, ev_prompts, ev_lengths))
+        if step in sampled_at:
+            # Seeded by (seed, step) only: every loss with this seed draws from the same random stream.
+            gen = torch.Generator().manual_seed(cfg.eval_seed + 100_003 * seed + step)
+            res = evaluate_sampled(policy, ev_prompts, ev_lengths, cfg.eval_k, gen)
+            sampled["steps"].append(step)
+            for key, value in res.items():
+                sampled[key].append(value)
         if on_step is not None:
             on_step(step)
 
@@ -261,6 +310,8 @@ def train(
         "eval_steps": eval_steps,
         "eval_reward": eval_reward,
         "train_reward": train_reward,
+        "entropy": entropy,
+        "sampled_eval": sampled,
         "metrics": step_metrics,
         "offpolicy_metrics": offpolicy_metrics,
         "first_minibatch_ppo_kl": first_mb_kl,

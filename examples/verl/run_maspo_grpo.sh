@@ -9,6 +9,9 @@
 #   rlplugins verl-smoke $(bash examples/verl/run_maspo_grpo.sh --print-loss-flags)
 #
 # Every rlplugins flag is spelled out below with its default; delete the ones you do not change.
+# This is a GSM8K starter, not the MASPO paper's setting (that is run_maspo_paper.sh): it keeps veRL's usual
+# KL loss (KL_LOSS_COEF=0 turns it off; the paper uses none) and rlplugins' prompt-group selector
+# (SELECTOR=none turns it off; selection changes which prompts are trained on, so turn it off to compare losses).
 # Other losses: loss_mode=rlp_sapo (SAPO honouring loss_agg_mode; temperatures in actor.tau_pos/tau_neg)
 # or loss_mode=rlp_ppo_clip (PPO clip without veRL's always-on dual clip); both need no _target_.
 set -euo pipefail
@@ -17,6 +20,8 @@ MODEL=${MODEL:-Qwen/Qwen2.5-7B-Instruct}
 DATA_DIR=${DATA_DIR:-$HOME/data/gsm8k}
 CKPT_DIR=${CKPT_DIR:-checkpoints/rlplugins/maspo_grpo_gsm8k}
 NGPUS=${NGPUS:-8}
+KL_LOSS_COEF=${KL_LOSS_COEF:-0.001}   # KL(pi || ref) loss weight; 0: no KL loss and no reference model
+SELECTOR=${SELECTOR:-prompt_groups}   # prompt_groups | none
 
 LOSS_FLAGS=(
   # MASPO through its config class: misspelt or out-of-range fields fail at configuration time
@@ -35,6 +40,12 @@ LOSS_FLAGS=(
   +actor_rollout_ref.actor.policy_loss.on_nonfinite=mask  # NaN/inf tokens dropped and counted; or: raise
   actor_rollout_ref.actor.loss_agg_mode=token-mean        # honoured (all five veRL modes)
 )
+
+case "$SELECTOR" in
+  prompt_groups) ;;
+  none) ;;
+  *) echo "SELECTOR must be prompt_groups or none, got '$SELECTOR'" >&2; exit 2 ;;
+esac
 
 SELECTOR_FLAGS=(
   # prompt-group selection in the replay buffer (sync trainer); state saved with each checkpoint
@@ -60,6 +71,17 @@ SELECTOR_FLAGS=(
   +trainer.v1.sampler.sampler_kwargs.checkpoint_dir=null            # null: the folder the trainer resumes from
 )
 
+if [[ "$KL_LOSS_COEF" == 0 || "$KL_LOSS_COEF" == 0.0 ]]; then
+  KL_FLAGS=(actor_rollout_ref.actor.use_kl_loss=False)
+else
+  KL_FLAGS=(
+    actor_rollout_ref.actor.use_kl_loss=True
+    actor_rollout_ref.actor.kl_loss_coef="$KL_LOSS_COEF"
+    actor_rollout_ref.actor.kl_loss_type=low_var_kl
+  )
+fi
+[[ "$SELECTOR" == none ]] && SELECTOR_FLAGS=()
+
 TRAIN_FLAGS=(
   algorithm.adv_estimator=grpo
   algorithm.use_kl_in_reward=False
@@ -75,11 +97,8 @@ TRAIN_FLAGS=(
   actor_rollout_ref.model.enable_gradient_checkpointing=True
   actor_rollout_ref.actor.strategy=fsdp2
   actor_rollout_ref.actor.optim.lr=1e-6
-  actor_rollout_ref.actor.ppo_mini_batch_size=64
+  actor_rollout_ref.actor.ppo_mini_batch_size=64         # 256 / 64: 4 updates per rollout batch (3 off-policy)
   actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8
-  actor_rollout_ref.actor.use_kl_loss=True
-  actor_rollout_ref.actor.kl_loss_coef=0.001
-  actor_rollout_ref.actor.kl_loss_type=low_var_kl
   actor_rollout_ref.actor.entropy_coeff=0
   actor_rollout_ref.rollout.name=vllm
   actor_rollout_ref.rollout.n=8
@@ -103,4 +122,4 @@ if [[ "${1:-}" == "--print-loss-flags" ]]; then
   exit 0
 fi
 
-exec python3 -m verl.trainer.main_ppo "${TRAIN_FLAGS[@]}" "${LOSS_FLAGS[@]}" "${SELECTOR_FLAGS[@]}" "$@"
+exec python3 -m verl.trainer.main_ppo "${TRAIN_FLAGS[@]}" "${KL_FLAGS[@]}" "${LOSS_FLAGS[@]}" "${SELECTOR_FLAGS[@]}" "$@"

@@ -176,8 +176,8 @@ def test_help_lists_our_flags(cli, capsys):
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "openrlhf")
 
 
-def example_args(script: str) -> list[str]:
-    proc = subprocess.run(["bash", os.path.join(EXAMPLES, script)], env={**os.environ, "DRY_RUN": "1"},
+def example_args(script: str, **env: str) -> list[str]:
+    proc = subprocess.run(["bash", os.path.join(EXAMPLES, script)], env={**os.environ, "DRY_RUN": "1", **env},
                           capture_output=True, check=True)
     return proc.stdout.decode().split("\0")[:-1]
 
@@ -191,3 +191,34 @@ def test_ppo_examples_parse(cli, script, loss):
 def test_dpo_example_parses(cli):
     args = cli(train_dpo.main, example_args("train_dpo_sage.sh"))
     assert args.rlplugins_selection.name == "sage" and args.rlplugins_selection.pass_rate_key == "pass_rate"
+
+
+@pytest.mark.parametrize("loss", ["maspo", "grpo"])
+def test_paper_recipe_parses(cli, loss):
+    from rlplugins.losses import MaspoConfig
+
+    args = cli(train_ppo_ray.main, example_args("train_maspo_paper.sh", LOSS=loss))
+    # The published recipe: 512 prompts per batch, mini-batches of 32 prompts (16 steps), one epoch, no KL or entropy.
+    g = args.rollout.n_samples_per_prompt
+    assert args.rollout.batch_size == 512 and args.train.batch_size == 32 * g and args.train.max_epochs == 1
+    assert args.rollout.batch_size * g // args.train.batch_size == 16
+    assert args.algo.kl.init_coef == 0 and not args.algo.kl.use_loss and args.actor.entropy_coef is None
+    assert args.actor.loss_agg_mode == "token-mean" and args.algo.advantage.estimator == "group_norm"
+    assert args.actor.model_name_or_path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    if loss == "maspo":
+        assert args.actor.policy_loss_type == "maspo" and args.actor.dual_clip is None
+        spelt = MaspoConfig(**args.rlplugins.overrides)
+        assert spelt == MaspoConfig() and set(args.rlplugins.overrides) == set(MaspoConfig.field_names()) - {"dual_clip"}
+    else:  # OpenRLHF's own PPO clip with dual clip 3: the official GRPO baseline
+        assert args.actor.policy_loss_type == "ppo" and not hasattr(args, "rlplugins")
+        assert tuple(args.actor.eps_clip_low_high) == (0.2, 0.2) and args.actor.dual_clip == 3.0
+
+
+def test_paper_baseline_differs_only_in_the_loss():
+    def rest(loss: str) -> list[str]:
+        argv = example_args("train_maspo_paper.sh", LOSS=loss)
+        out = argv[argv.index("--actor.loss_agg_mode"):]  # the loss flags come first
+        i = out.index("--ckpt.output_dir")
+        return out[:i] + out[i + 2:]
+
+    assert rest("maspo") == rest("grpo")
