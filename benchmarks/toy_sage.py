@@ -43,7 +43,7 @@ from rlplugins.losses.dpo import DPOConfig, dpo_loss
 from rlplugins.selection import SELECTOR_NAMES, SageConfig, make_selector
 from rlplugins.toy_rlvr import ReverseTask, TinyPolicy
 
-DEFAULT_METHODS = ("sage", "dpo_full", "random_subset", "dynamic_loss", "sage_no_filter", "sage_no_curriculum")
+DEFAULT_METHODS = ("sage", "dpo_full", "random_subset")
 
 
 @dataclass(frozen=True)
@@ -331,17 +331,15 @@ def plot(cfg: ToyConfig, result: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    fig, axes = plt.subplots(2, len(rows), figsize=(6.5 * len(rows), 10), squeeze=False)
+    fig, axes = plt.subplots(3, len(rows), figsize=(6.5 * len(rows), 14), squeeze=False)
     for j, (noise_key, row) in enumerate(rows.items()):
+        base = row["runs"]["dpo_full"]
         for i, xkey in enumerate(("backward_pairs", "compute")):
             ax = axes[i, j]
             for label, rs in row["runs"].items():
                 m = min(len(r["curve"]) for r in rs)
-                base = row["runs"]["dpo_full"]
                 xs = [statistics.fmean(r["curve"][t][xkey] for r in rs) for t in range(m)]
-                ys = [statistics.fmean(r["curve"][t]["solve_rate"] - b["curve"][t]["solve_rate"] if xkey == "x"
-                                       else r["curve"][t]["solve_rate"] for r, b in zip(rs, base)) * 100
-                      for t in range(m)]
+                ys = [statistics.fmean(r["curve"][t]["solve_rate"] for r in rs) * 100 for t in range(m)]
                 lw = 2.6 if label in ("sage", "dpo_full") else 1.2
                 ax.plot(xs, ys, label=label, lw=lw, color="black" if label == "dpo_full" else None)
             ax.set_title(f"{cfg.name}, noise {noise_key}: held-out solve rate vs "
@@ -349,6 +347,23 @@ def plot(cfg: ToyConfig, result: dict, path: str) -> None:
             ax.set_xlabel("backward pairs" if i == 0 else "compute units")
             ax.set_ylabel("solve rate % (mean over seeds)")
             ax.grid(alpha=0.3)
+        ax = axes[2, j]
+        for label, rs in row["runs"].items():
+            if label == "dpo_full":
+                continue
+            m = min(len(r["curve"]) for r in rs + base)
+            xs = [r0["backward_pairs"] for r0 in base[0]["curve"][:m]]
+            d = torch.tensor([[(r["curve"][t]["solve_rate"] - b["curve"][t]["solve_rate"]) * 100 for t in range(m)]
+                              for r, b in zip(rs, base)])
+            mu, sd = d.mean(0), d.std(0) if d.shape[0] > 1 else torch.zeros(m)
+            line = ax.plot(xs, mu.tolist(), label=label, lw=2.0)[0]
+            ax.fill_between(xs, (mu - sd).tolist(), (mu + sd).tolist(), color=line.get_color(), alpha=0.12)
+        ax.axhline(0, color="black", lw=1)
+        ax.set_title(f"{cfg.name}, noise {noise_key}: paired difference to dpo_full (mean ± 1 sd over seeds)",
+                     fontsize=10)
+        ax.set_xlabel("backward pairs")
+        ax.set_ylabel("solve rate difference, points")
+        ax.grid(alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=9, frameon=False)
     fig.suptitle(f"SAGE toy (GRU, self-sampled verified pairs), config {cfg.name}, seeds "
@@ -396,7 +411,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--workers", type=int, default=2, help="processes (one seed each at a time, 1 thread each)")
+    p.add_argument("--replot", metavar="JSON", help="redraw the PNG of an existing result JSON and exit")
     args = p.parse_args(argv)
+    if args.replot:
+        with open(args.replot) as f:
+            saved = json.load(f)
+        c = saved["config"]
+        plot(ToyConfig(**{**c, "methods": tuple(c["methods"])}), saved, args.replot.removesuffix(".json") + ".png")
+        return saved
     torch.set_num_threads(1)
     base = ToyConfig(**(OTHER if args.config == "other" else {}))
     cfg = replace(base, seeds=args.seeds, seed_offset=args.seed_offset, methods=tuple(args.methods),

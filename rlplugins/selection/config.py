@@ -48,10 +48,13 @@ def _check_bool(name: str, value: object) -> None:
 class SageConfig:
     """Options of `sage_scores`, `SageSelector` and the baselines (docs/selection-api.md §2).
 
-    Score (docs/sage.md B4): ``S(u) = sigma(-u)^2 / (sigma(u) sigma(-u) + damping)`` with the scaled implicit-reward
-    margin ``u = beta * ((pc - rc) - (pr - rr))`` clipped to ``[-margin_clip, margin_clip]``.
-    Stability (B5): unstable if ``|u| < boundary_band`` or the margin sign flipped between the last two observations
-    (``sign_consistency``) or the variance of the last ``history_size`` margins exceeds ``variance_threshold``.
+    Score (docs/sage.md B4): ``S(u) = sigma(-u)^2 / (sigma(u) sigma(-u) + damping)`` with ``u`` from
+    ``margin_source`` (`margins.pair_margins`) clipped to ``[-margin_clip, margin_clip]``.
+    Stability (`stability.stability_masks`): unstable if ``|u|`` is below the boundary band (relative to the pool's
+    median ``|u|`` by default), the margin sign flipped between the last two observations (``sign_consistency``) or
+    the variance of the last ``history_size`` margins exceeds ``variance_threshold``; a noise suspect if it lies
+    ``noise_guard`` robust standard deviations below its tier's median. The defaults are the second design of the
+    reconstruction; the first design's rules remain available (docs/selection-api.md §2).
     """
 
     beta: float = 0.1
@@ -80,7 +83,7 @@ class SageConfig:
     seed: int = 0
     margin_source: str = "policy"
     band_scale: str = "relative"
-    noise_guard: float | None = 2.0
+    noise_guard: float | None = 1.5
     rescore_scope: str = "cached"
     plateau_rounds: int = 2
     fill: str = "uniform"
