@@ -412,6 +412,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--workers", type=int, default=2, help="processes (one seed each at a time, 1 thread each)")
     p.add_argument("--replot", metavar="JSON", help="redraw the PNG of an existing result JSON and exit")
+    p.add_argument("--finish-partial", metavar="JSON",
+                   help="summarise the OUT.partial.json of a run cut short (same other arguments)")
     args = p.parse_args(argv)
     if args.replot:
         with open(args.replot) as f:
@@ -431,20 +433,47 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [(n, n, {}) for n in cfg.methods] + [parse_variant(v) for v in args.variants]
     out = args.out or f"benchmarks/results/toy_sage_{cfg.name}_seeds{cfg.seed_offset}"
     t0 = time.perf_counter()
+    partial = None
+    if args.finish_partial:
+        with open(args.finish_partial) as f:
+            partial = json.load(f)
+        cfg = replace(cfg, seeds=len(partial))
     result: dict = {"benchmark": "toy_sage", "config": asdict(cfg), "rows": {},
                     "variants": {lab: {"selector": n, "overrides": ov} for lab, n, ov in rows if ov},
                     "command": "python benchmarks/toy_sage.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                     "sage_config": asdict(SageConfig(beta=cfg.beta))}
+    if partial is not None:
+        result["config"] = asdict(cfg)
+        result["note"] = f"summarised from {args.finish_partial}: the first {len(partial)} seeds of a run cut short"
+        return _finish(args, argv, cfg, rows, out, t0, result, partial)
     jobs = [(cfg, cfg.seed_offset + s, tuple(args.noise), rows) for s in range(cfg.seeds)]
     if args.workers > 1:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(args.workers, initializer=torch.set_num_threads, initargs=(1,)) as ex:
-            per_seed = ex.map(_run_seed, jobs, chunksize=1)
+            per_seed = _collect(ex.imap(_run_seed, jobs, chunksize=1), out)
     else:
-        per_seed = [_run_seed(j) for j in jobs]
+        per_seed = _collect(map(_run_seed, jobs), out)
+    os.remove(out + ".partial.json")
+    return _finish(args, argv, cfg, rows, out, t0, result, per_seed)
+
+
+def _collect(results, out: str) -> list[dict]:
+    """Per-seed results in seed order; after each seed the ones so far go to ``out.partial.json`` (a run cut short
+    can still be summarised with ``--finish-partial``)."""
+    per_seed = []
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    for r in results:
+        per_seed.append(r)
+        with open(out + ".partial.json", "w") as f:
+            json.dump(per_seed, f)
+    return per_seed
+
+
+def _finish(args, argv, cfg, rows, out, t0, result, per_seed) -> dict:
+    """Tables, JSON and PNG from the per-seed results (``per_seed[i]``: noise key -> world and runs)."""
     tables = []
-    for noise in args.noise:
+    for noise in [n for n in args.noise if f"{n:.0%}" in per_seed[0]]:
         key = f"{noise:.0%}"
         ncfg = replace(cfg, noise=noise)
         runs = {lab: [ps[key]["runs"][lab] for ps in per_seed] for lab, _, _ in rows}
