@@ -324,6 +324,32 @@ def format_table(cfg: ToyConfig, noise: float, summary: dict, stats: list[dict])
     return "\n".join(lines)
 
 
+def combined_table(result: dict) -> str:
+    """One markdown table over every noise row of a result (the README's form)."""
+    seeds = result["config"]["seeds"]
+    lines = [
+        f"| labels | method | held-out solve rate % | Δ vs dpo_full, paired (pts) | wins/{seeds} "
+        "| backward pairs to dpo_full's final (median ×) | compute to it (median ×) | noisy pairs trained % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def ratio(x):
+        return "not reached" if x is None or not math.isfinite(x) else f"{x:.2f}"
+
+    for key, row in result["rows"].items():
+        labels = "clean" if row["noise"] == 0 else f"{key} flipped"
+        for label, s in row["summary"].items():
+            f, d = s["final_solve_rate"], s["diff_vs_dpo_full"]
+            diff = "—" if label == "dpo_full" else f"{d['mean'] * 100:+.2f} ± {d['std'] * 100:.2f}"
+            wins = "—" if label == "dpo_full" else str(s["wins_vs_dpo_full"])
+            lines.append(
+                f"| {labels} | {label} | {f['mean'] * 100:.2f} ± {f['std'] * 100:.2f} | {diff} | {wins} "
+                f"| {ratio(s['backward_to_target_ratio_median'])} | {ratio(s['compute_to_target_ratio_median'])} "
+                f"| {s['noisy_share']['mean'] * 100:.1f} |"
+            )
+    return "\n".join(lines)
+
+
 def plot(cfg: ToyConfig, result: dict, path: str) -> None:
     import matplotlib
 
@@ -488,6 +514,7 @@ def _finish(args, argv, cfg, rows, out, t0, result, per_seed) -> dict:
                              "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                              "wall_seconds": round(elapsed, 1)}
     result["tables_markdown"] = "\n\n".join(tables)
+    result["table_combined"] = combined_table(result)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out + ".json", "w") as f:
         json.dump(_rounded(result), f, indent=1)

@@ -19,9 +19,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_float_vector, check_logps
+from ._checks import check_float_vector
 from .config import SCORE_VARIANTS, SageConfig
-from .margins import implicit_margins, pair_margins
+from .margins import implicit_margins, pair_margins  # noqa: F401  (implicit_margins: re-exported, its old home)
 from .stability import stability_masks
 
 # p(1 - p) <= 1/4 exactly; mean over tokens in float32 can land a few ulps above it.
