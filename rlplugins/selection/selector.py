@@ -13,8 +13,9 @@ Pool mode, one *round* every ``rescore_interval`` steps (a fixed cadence):
    the whole pool (one forward per pair, counted in ``selector/pairs_scored``);
 2. the stability rule (`stability.stability_masks`: scale-free boundary band, temporal sign flips, noise guard);
 3. the working set W_k: the *wanted* pairs, stable errors (``u < 0``) ranked by the score ``S(u)`` (top-k or
-   sampled), up to ``max(B, ceil(rho |P_k|))``; when fewer qualify, the rest is drawn uniformly from the pool (never
-   by largest margin), so W_k never shrinks below that floor and a weak signal degrades to uniform DPO;
+   sampled), up to ``max(B, ceil(rho |P_k|))``; when fewer qualify, the rest is drawn uniformly from the pool (noise
+   suspects excluded, never by margin), so W_k never shrinks below that floor and a weak signal degrades to uniform
+   DPO;
 4. competence and refresh: the share of the level's starting errors fixed so far (``competence_source="improvement"``,
    label noise cannot cap it because a plateau of ``plateau_rounds`` rounds without progress also advances), or pool
    preference accuracy (``"pool"``), or a held-out value (``"external"``).
