@@ -12,7 +12,7 @@ OUT=${OUT:-./ckpt/dpo_sage}
 ARGS=(
   # --- rlplugins: the selector (beta and seed come from --model.beta and --train.seed) ---
   --selector sage
-  --sage.selection_ratio 0.5 --sage.rescore_interval 100 --sage.num_tiers 3 --sage.competence_threshold 0.8
+  --sage.selection_ratio 0.5 --sage.rescore_interval 10 --sage.num_tiers 3   # the defaults, spelled out
   --selector.pass_rate_key pass_rate     # curriculum tiers from each problem's pass rate
   # --- OpenRLHF: DPO ---
   --model.model_name_or_path "$MODEL" --model.beta 0.1

@@ -1,32 +1,32 @@
 """`PairSelector`: the stateful protocol every pair selector implements (docs/selection-api.md §3).
 
-The base class owns what all selectors share: the data-parallel shard, the generator, per-pair margin state (latest
-scored margin, margin history, invalid flags), the scoring request/feed cycle, drawing unique batches from a working
-set, the documented fallback, metrics and ``state_dict``. Subclasses decide when to request scores
-(``_maybe_open_request``), what to do with them (``_on_scores``) and, if needed, how to produce a batch.
+This module owns the request/feed cycle (``indices_to_score`` / ``update_scores`` / ``next_batch`` /
+``observe_batch``), the uniform fallback, metrics and ``state_dict``. The pieces it composes live in their own modules:
+the data-parallel shard (`shard`), the per-pair margin state (`book.MarginBook`), the margin formula (`margins`), the
+working set and its shuffled passes (`working.WorkingSet`) and the state checks (`state`). Subclasses decide when to
+request scores (``_maybe_open_request``), what to do with them (``_on_scores``) and, if needed, how to produce a batch.
 """
 
 from __future__ import annotations
 
 import abc
-import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from ._checks import check_float_vector, check_index_vector, check_logps
-from ._rng import make_generator, mix_seed, shuffled, take_random
+from ._checks import check_float_vector, check_index_vector
+from ._rng import make_generator, mix_seed, take_random
+from .book import MarginBook
 from .config import SageConfig
 from .curriculum import tiers_from_difficulty
+from .margins import pair_margins
+from .shard import make_shard
+from .state import check_tensor_like, config_identity, fingerprint
+from .working import WorkingSet
 
 ScoreFn = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
-
-# Salt of the shard permutation: it depends on the seed only, so every rank computes the same permutation and the
-# shards are disjoint and cover the dataset.
-_SHARD_SALT = 0x5A6E_D5A1
-
 
 def _check_pos_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
@@ -47,22 +47,12 @@ class PairSelector(abc.ABC):
     _STATE_FIELDS: tuple[str, ...] = (
         "_step",
         "_epoch",
-        "_u",
-        "_history",
-        "_curv",
-        "_invalid",
-        "_scored_gen",
-        "_scored_step",
         "_pool_gen",
         "_pool",
-        "_working",
-        "_order",
-        "_cursor",
         "_request",
         "_received",
         "_pairs_scored",
         "_pairs_observed",
-        "_nonfinite",
         "_rounds",
         "_refreshes",
         "_score_pending",
@@ -124,43 +114,63 @@ class PairSelector(abc.ABC):
         else:
             self.tiers = torch.zeros(n, dtype=torch.int64)
 
-        perm = torch.randperm(n, generator=make_generator(mix_seed(config.seed, _SHARD_SALT)))
-        self.shard = torch.sort(perm[self.rank :: self.num_replicas]).values
-        # Check the smallest shard (floor(n / replicas)), not this rank's: every rank must fail alike, otherwise
-        # some ranks would start training while the others raise.
-        if n // self.num_replicas < self.batch_size:
-            raise ValueError(
-                f"the smallest shard holds {n // self.num_replicas} pairs (num_pairs={n}, num_replicas={num_replicas}), "
-                f"fewer than batch_size={batch_size}: batches could not be duplicate-free"
-            )
+        self.shard = make_shard(n, config.seed, self.rank, self.num_replicas, self.batch_size)
         self._in_shard = torch.zeros(n, dtype=torch.bool)
         self._in_shard[self.shard] = True
 
         self._gen = make_generator(mix_seed(config.seed, self.rank, 0))
         self._step = 0
         self._epoch = 0
-        k = config.history_size
-        self._u = torch.full((n,), math.nan, dtype=torch.float64)  # latest margin from update_scores
-        self._history = torch.full((n, k), math.nan, dtype=torch.float64)  # oldest -> newest
-        self._curv = torch.full((n,), math.nan, dtype=torch.float64)  # latest rejected_curvature, if supplied
-        self._invalid = torch.zeros(n, dtype=torch.bool)
-        self._scored_gen = torch.full((n,), -1, dtype=torch.int64)  # pool generation of the latest score
-        self._scored_step = torch.full((n,), -1, dtype=torch.int64)
+        self._book = MarginBook(n, config.history_size)
         self._pool_gen = 0
         self._pool = self.shard.clone()
-        self._working = self.shard.clone()
-        self._order: torch.Tensor | None = None
-        self._cursor = 0
+        self._ws = WorkingSet(self.shard)
         self._request: torch.Tensor | None = None
         self._received = torch.zeros(n, dtype=torch.bool)
         self._pairs_scored = 0
         self._pairs_observed = 0
-        self._nonfinite = 0
         self._rounds = 0
         self._refreshes = 0
         self._score_pending = False
         self._external_competence = math.nan
         self._last: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ margin book and working set views
+
+    @property
+    def _u(self) -> torch.Tensor:
+        return self._book.u
+
+    @property
+    def _history(self) -> torch.Tensor:
+        return self._book.history
+
+    @property
+    def _curv(self) -> torch.Tensor:
+        return self._book.curv
+
+    @property
+    def _invalid(self) -> torch.Tensor:
+        return self._book.invalid
+
+    @property
+    def _scored_gen(self) -> torch.Tensor:
+        return self._book.scored_gen
+
+    @property
+    def _scored_step(self) -> torch.Tensor:
+        return self._book.scored_step
+
+    @property
+    def _working(self) -> torch.Tensor:
+        return self._ws.working
+
+    def _margins(self, pc, pr, rc, rr, n: int) -> torch.Tensor:
+        if pc.shape[0] != n:
+            raise ValueError(
+                f"log-prob vectors have length {pc.shape[0]} but indices has length {n}: one per index"
+            )
+        return pair_margins(pc, pr, rc, rr, self.config.beta, self.config.margin_source)
 
     # ------------------------------------------------------------------ subclass hooks
 
@@ -201,32 +211,21 @@ class PairSelector(abc.ABC):
     ) -> None:
         """Feed forward-only sequence log-probs (sums over response tokens) of ``indices`` (``[K]`` each)."""
         idx = self._check_indices(indices)
-        pc, pr, rc, rr = check_logps(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
-        if pc.shape[0] != idx.shape[0]:
-            raise ValueError(
-                f"log-prob vectors have length {pc.shape[0]} but indices has length {idx.shape[0]}: one per index"
-            )
+        u = self._margins(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                          idx.shape[0])
         curv = None
         if rejected_curvature is not None:
             curv = check_float_vector("rejected_curvature", rejected_curvature, idx.shape[0])
             curv = curv.detach().to("cpu", torch.float64)
-        elif self.config.score_variant == "token_curvature" and self._uses_scores():
-            raise ValueError("score_variant='token_curvature' needs rejected_curvature in update_scores")
-        u = self.config.beta * ((pc - rc) - (pr - rr))
-        finite = torch.isfinite(u)
-        if curv is not None:
             bad = torch.isfinite(curv) & ((curv < 0) | (curv > 0.25 + 1e-6))
             if bool(bad.any()):
                 raise ValueError("rejected_curvature must be the mean of p_t(1 - p_t) over rejected tokens, in [0, 0.25]")
-            self._curv[idx] = curv.clamp(0.0, 0.25)
-            if self.config.score_variant == "token_curvature":
-                finite &= torch.isfinite(curv)
-        self._nonfinite += int((~finite).sum())
-        self._invalid[idx] = ~finite
-        self._u[idx] = torch.where(finite, u, torch.full_like(u, math.nan))
-        self._append_history(idx[finite], u[finite])
-        self._scored_gen[idx] = self._pool_gen
-        self._scored_step[idx] = self._step
+        elif self.config.score_variant == "token_curvature" and self._uses_scores():
+            raise ValueError("score_variant='token_curvature' needs rejected_curvature in update_scores")
+        finite = torch.isfinite(u)
+        if curv is not None and self.config.score_variant == "token_curvature":
+            finite &= torch.isfinite(curv)
+        self._book.record_scores(idx, u, finite, self._pool_gen, self._step, curv)
         self._pairs_scored += int(idx.numel())
         if self._request is not None:
             self._received[idx] = True
@@ -257,19 +256,11 @@ class PairSelector(abc.ABC):
         ref_chosen_logps: torch.Tensor,
         ref_rejected_logps: torch.Tensor,
     ) -> None:
-        """Optional: margins of a trained batch (free from the training forward) go into the margin history."""
+        """Optional: margins of a trained batch (free from the training forward) update the margin book."""
         idx = self._check_indices(indices)
-        pc, pr, rc, rr = check_logps(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
-        if pc.shape[0] != idx.shape[0]:
-            raise ValueError(
-                f"log-prob vectors have length {pc.shape[0]} but indices has length {idx.shape[0]}: one per index"
-            )
-        u = self.config.beta * ((pc - rc) - (pr - rr))
-        finite = torch.isfinite(u)
-        self._nonfinite += int((~finite).sum())
-        # A non-finite training margin flags the pair; only a finite *score* (update_scores) clears the flag.
-        self._invalid[idx[~finite]] = True
-        self._append_history(idx[finite], u[finite])
+        u = self._margins(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                          idx.shape[0])
+        self._book.record_observed(idx, u)
         self._pairs_observed += int(idx.numel())
 
     def set_competence(self, value: float) -> None:
@@ -283,8 +274,7 @@ class PairSelector(abc.ABC):
         _check_pos_int("epoch", epoch, 0)
         self._epoch = epoch
         self._gen = make_generator(mix_seed(self.config.seed, self.rank, epoch))
-        self._order = None
-        self._cursor = 0
+        self._ws.restart_pass()
 
     def metrics(self) -> dict[str, float]:
         out = {
@@ -295,7 +285,7 @@ class PairSelector(abc.ABC):
             "selector/refreshes": float(self._refreshes),
             "selector/pairs_scored": float(self._pairs_scored),
             "selector/pairs_observed": float(self._pairs_observed),
-            "selector/nonfinite_margins": float(self._nonfinite),
+            "selector/nonfinite_margins": float(self._book.nonfinite),
             "selector/invalid_pairs": float(int(self._invalid[self.shard].sum())),
             "selector/score_pending": 1.0 if self._score_pending else 0.0,
         }
@@ -314,48 +304,93 @@ class PairSelector(abc.ABC):
             "rank": self.rank,
             "num_replicas": self.num_replicas,
             "total_steps": self.total_steps,
-            "config": dataclasses.asdict(self.config),
+            "config": config_identity(self.config),
         }
 
+    def _fingerprint(self) -> str:
+        return fingerprint(
+            self._identity(), {"shard": self.shard, "tiers": self.tiers, "difficulty": self.difficulty}
+        )
+
+    @staticmethod
+    def _copy(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v.clone()
+        if isinstance(v, dict):
+            return dict(v)
+        return v
+
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: tensors and plain Python values (safe for ``torch.save``)."""
-        fields: dict[str, Any] = {}
-        for key in self._STATE_FIELDS:
-            v = getattr(self, key)
-            if isinstance(v, torch.Tensor):
-                v = v.clone()
-            elif isinstance(v, dict):
-                v = dict(v)
-            fields[key] = v
+        """Everything needed to continue exactly: tensors and plain Python values (loads with
+        ``torch.load(..., weights_only=True)``)."""
         return {
             "identity": self._identity(),
+            "fingerprint": self._fingerprint(),
             "shard": self.shard.clone(),
             "tiers": self.tiers.clone(),
             "generator": self._gen.get_state(),
-            "fields": fields,
+            "book": self._book.state_dict(),
+            "working": self._ws.state_dict(),
+            "fields": {key: self._copy(getattr(self, key)) for key in self._STATE_FIELDS},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a ``state_dict()`` taken from a selector built with the same arguments."""
-        if not isinstance(state, dict) or not {"identity", "shard", "tiers", "generator", "fields"} <= state.keys():
-            raise ValueError("state must be a dict returned by PairSelector.state_dict()")
+        """Restore a ``state_dict()`` taken from a selector built with the same arguments.
+
+        Refused (``ValueError``, nothing changed) when the identity (name, sizes, rank, config) differs, when the
+        fingerprint of shard, tiers and difficulty differs (e.g. another ``difficulty`` with the same tiers), or when a
+        tensor has another shape or dtype than this selector's.
+        """
+        keys = {"identity", "fingerprint", "shard", "tiers", "generator", "book", "working", "fields"}
+        if not isinstance(state, dict) or not keys <= state.keys():
+            missing = sorted(keys - set(state)) if isinstance(state, dict) else sorted(keys)
+            raise ValueError(f"state must be a dict returned by PairSelector.state_dict(); missing {missing}")
         mine = self._identity()
         if state["identity"] != mine:
-            diff = sorted(k for k in mine if state["identity"].get(k) != mine[k])
+            theirs = state["identity"] if isinstance(state["identity"], dict) else {}
+            diff = sorted(k for k in mine if theirs.get(k) != mine[k])
             raise ValueError(f"state_dict was saved by a different selector: mismatch in {diff}")
+        check_tensor_like("shard", state["shard"], self.shard)
+        check_tensor_like("tiers", state["tiers"], self.tiers)
         if not torch.equal(state["shard"], self.shard) or not torch.equal(state["tiers"], self.tiers):
             raise ValueError("state_dict was saved with a different shard or different tiers")
-        missing = [k for k in self._STATE_FIELDS if k not in state["fields"]]
+        if state["fingerprint"] != self._fingerprint():
+            raise ValueError(
+                "state_dict was saved by a selector built from different data (difficulty, tiers or shard differ: "
+                "fingerprint mismatch); build the selector with the same arguments as the saved run"
+            )
+        fields = state["fields"]
+        missing = [k for k in self._STATE_FIELDS if k not in fields]
         if missing:
             raise ValueError(f"state_dict lacks fields {missing}")
         for key in self._STATE_FIELDS:
-            v = state["fields"][key]
-            if isinstance(v, torch.Tensor):
-                v = v.clone()
-            elif isinstance(v, dict):
-                v = dict(v)
-            setattr(self, key, v)
-        self._gen.set_state(state["generator"])
+            cur, new = getattr(self, key), fields[key]
+            if isinstance(cur, torch.Tensor) and (key not in self._VARIABLE_SIZE_FIELDS):
+                check_tensor_like(key, new, cur)
+            elif key in self._VARIABLE_SIZE_FIELDS and new is not None:
+                self._check_index_state(key, new)
+        gen_state = state["generator"]
+        if not isinstance(gen_state, torch.Tensor) or gen_state.shape != self._gen.get_state().shape:
+            raise ValueError("state_dict field generator must be a torch.Generator state (uint8 tensor)")
+        book = MarginBook(self.num_pairs, self.config.history_size)
+        book.load_state_dict(state["book"])
+        ws = WorkingSet(self.shard)
+        ws.load_state_dict(state["working"])
+        self._check_index_state("working", ws.working)
+        # every check passed: apply
+        self._book, self._ws = book, ws
+        for key in self._STATE_FIELDS:
+            setattr(self, key, self._copy(fields[key]))
+        self._gen.set_state(gen_state)
+
+    #: index tensors whose length changes during training (pool, working set, open request, ...)
+    _VARIABLE_SIZE_FIELDS: tuple[str, ...] = ("_pool", "_request")
+
+    def _check_index_state(self, key: str, value: object) -> None:
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.int64 or value.dim() != 1:
+            raise ValueError(f"state_dict field {key} must be a 1-D int64 tensor of shard indices")
+        if value.numel() and not bool(((value >= 0) & (value < self.num_pairs)).all() and self._in_shard[value].all()):
+            raise ValueError(f"state_dict field {key} holds indices outside this rank's shard")
 
     # ------------------------------------------------------------------ helpers for subclasses
 
@@ -368,13 +403,6 @@ class PairSelector(abc.ABC):
             bad = idx[~self._in_shard[idx]][:5].tolist()
             raise ValueError(f"indices {bad} are not in rank {self.rank}'s shard (see selector.shard)")
         return idx
-
-    def _append_history(self, idx: torch.Tensor, u: torch.Tensor) -> None:
-        if idx.numel() == 0:
-            return
-        h = self._history
-        h[idx, :-1] = h[idx, 1:].clone()
-        h[idx, -1] = u
 
     def _open(self, request: torch.Tensor) -> None:
         self._request = request.clone()
@@ -424,9 +452,7 @@ class PairSelector(abc.ABC):
         return torch.cat([fa, fb])
 
     def _set_working(self, working: torch.Tensor) -> None:
-        self._working = working.clone()
-        self._order = None
-        self._cursor = 0
+        self._ws.set(working)
 
     def _draw_working(self) -> torch.Tensor:
         """``batch_size`` unique valid indices, cycling through shuffled passes over the working set."""
@@ -440,20 +466,7 @@ class PairSelector(abc.ABC):
                     f"than batch_size={b}: the log-probs fed to the selector are non-finite (upstream bug)"
                 )
             self._set_working(torch.cat([self._working, extra]))
-        out: list[int] = []
-        seen: set[int] = set()
-        invalid = self._invalid
-        while len(out) < b:
-            if self._order is None or self._cursor >= self._order.numel():
-                self._order = shuffled(self._working, self._gen)
-                self._cursor = 0
-            i = int(self._order[self._cursor])
-            self._cursor += 1
-            if invalid[i] or i in seen:
-                continue
-            out.append(i)
-            seen.add(i)
-        return torch.tensor(out, dtype=torch.int64)
+        return self._ws.draw(b, self._invalid, self._gen)
 
     def _check_batch(self, batch: torch.Tensor) -> None:
         # Internal invariants of the documented contract; a violation is a bug in this module, not in the caller.

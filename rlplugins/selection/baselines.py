@@ -19,14 +19,13 @@ import math
 import torch
 
 from ._checks import check_float_vector
-from ._rng import make_generator, mix_seed, take_random, top_k_random_ties
+from ._rng import take_random, top_k_random_ties
 from .base import PairSelector, ScoreFn
 from .config import SageConfig
-from .curriculum import static_level, tier_pool
+from .curriculum import easiest_first, static_level, tier_pool
 
 UNIFORM_MODES = ("full", "random_subset", "static_curriculum", "selective_dpo")
 STATIC_CRITERIA = ("low_gap", "high_margin")
-_EASY_ORDER_SALT = 0xEA5E
 
 
 class UniformSelector(PairSelector):
@@ -73,7 +72,8 @@ class UniformSelector(PairSelector):
         elif mode == "selective_dpo":
             if difficulty is None and tiers is None:
                 raise ValueError("selective_dpo needs difficulty (or tiers) to know which pairs are hardest")
-            working = torch.sort(self._easiest_first()[:n_keep]).values
+            order = easiest_first(self.shard, self.tiers, self.difficulty, self.config.seed, self.rank)
+            working = torch.sort(order[:n_keep]).values
         else:
             if total_steps is None:
                 raise ValueError("static_curriculum needs total_steps for its fixed schedule")
@@ -82,13 +82,6 @@ class UniformSelector(PairSelector):
             working = self._curriculum_pool()
         self._pool = working.clone()
         self._set_working(working)
-
-    def _easiest_first(self) -> torch.Tensor:
-        gen = make_generator(mix_seed(self.config.seed, self.rank, _EASY_ORDER_SALT))
-        order = self.shard[torch.randperm(self.shard.numel(), generator=gen)]
-        if self.difficulty is not None:
-            order = order[torch.argsort(self.difficulty[order], stable=True)]
-        return order[torch.argsort(self.tiers[order], stable=True)]
 
     def _curriculum_pool(self) -> torch.Tensor:
         pool = tier_pool(self.shard, self.tiers, self._level, self.config.tier_mix, self._gen)

@@ -15,7 +15,11 @@ SCORE_VARIANTS = ("newton", "signal", "loss", "token_curvature")
 SELECTION_MODES = ("topk", "sample")
 GRANULARITIES = ("pool", "online")
 REFRESH_MODES = ("threshold", "schedule")
-COMPETENCE_SOURCES = ("pool", "external")
+COMPETENCE_SOURCES = ("improvement", "pool", "external")
+MARGIN_SOURCES = ("implicit", "policy")  # the formulas: rlplugins.selection.margins
+BAND_SCALES = ("relative", "absolute")
+RESCORE_SCOPES = ("pool", "cached")
+FILLS = ("uniform", "score")
 
 
 def _check_real(name: str, value: object) -> float:
@@ -47,16 +51,19 @@ def _check_bool(name: str, value: object) -> None:
 class SageConfig:
     """Options of `sage_scores`, `SageSelector` and the baselines (docs/selection-api.md §2).
 
-    Score (docs/sage.md B4): ``S(u) = sigma(-u)^2 / (sigma(u) sigma(-u) + damping)`` with the scaled implicit-reward
-    margin ``u = beta * ((pc - rc) - (pr - rr))`` clipped to ``[-margin_clip, margin_clip]``.
-    Stability (B5): unstable if ``|u| < boundary_band`` or the margin sign flipped between the last two observations
-    (``sign_consistency``) or the variance of the last ``history_size`` margins exceeds ``variance_threshold``.
+    Score (docs/sage.md B4): ``S(u) = sigma(-u)^2 / (sigma(u) sigma(-u) + damping)`` with ``u`` from
+    ``margin_source`` (`margins.pair_margins`) clipped to ``[-margin_clip, margin_clip]``.
+    Stability (`stability.stability_masks`): unstable if ``|u|`` is below the boundary band (relative to the pool's
+    median ``|u|`` by default), the margin sign flipped between the last two observations (``sign_consistency``) or
+    the variance of the last ``history_size`` margins exceeds ``variance_threshold``; a noise suspect if it lies
+    ``noise_guard`` robust standard deviations below its tier's median. The defaults are the second design of the
+    reconstruction; the first design's rules remain available (docs/selection-api.md §2).
     """
 
     beta: float = 0.1
     damping: float = 0.05
     margin_clip: float = 20.0
-    boundary_band: float = 0.5
+    boundary_band: float = 0.25
     sign_consistency: bool = True
     variance_threshold: float | None = None
     history_size: int = 2
@@ -70,13 +77,19 @@ class SageConfig:
     tier_mix: float = 0.1
     refresh_mode: str = "threshold"
     competence_threshold: float = 0.8
-    competence_source: str = "pool"
+    competence_source: str = "improvement"
     competence_min_coverage: float = 0.5
     exhaust_fraction: float = 0.02
     schedule_c0: float = 0.25
-    rescore_interval: int | None = None
+    rescore_interval: int | None = 10
     warmup_steps: int | None = None
     seed: int = 0
+    margin_source: str = "policy"
+    band_scale: str = "relative"
+    noise_guard: float | None = 1.5
+    rescore_scope: str = "cached"
+    plateau_rounds: int = 2
+    fill: str = "uniform"
 
     def __post_init__(self) -> None:
         beta = _check_real("beta", self.beta)
@@ -141,3 +154,19 @@ class SageConfig:
         seed = _check_int("seed", self.seed)
         if seed < 0:
             raise ValueError(f"SageConfig.seed must be >= 0, got {seed}")
+        _check_choice("margin_source", self.margin_source, MARGIN_SOURCES)
+        _check_choice("band_scale", self.band_scale, BAND_SCALES)
+        if self.band_scale == "relative" and band > 1:
+            raise ValueError(
+                f"SageConfig.boundary_band must be <= 1 with band_scale='relative' (a multiple of the pool's median "
+                f"|u|: above 1 the band could hold most of the pool), got {band}"
+            )
+        if self.noise_guard is not None:
+            ng = _check_real("noise_guard", self.noise_guard)
+            if ng <= 0:
+                raise ValueError(f"SageConfig.noise_guard must be None or > 0, got {ng}")
+        _check_choice("rescore_scope", self.rescore_scope, RESCORE_SCOPES)
+        _check_choice("fill", self.fill, FILLS)
+        pr = _check_int("plateau_rounds", self.plateau_rounds)
+        if pr < 0:
+            raise ValueError(f"SageConfig.plateau_rounds must be >= 0, got {pr}")

@@ -13,7 +13,10 @@ import math
 
 import torch
 
-from ._rng import take_random
+from ._rng import make_generator, mix_seed, take_random
+
+# Salt of the random tie-break of the easiest-first order (shared by SAGE's schedule and the baselines).
+_EASY_ORDER_SALT = 0xEA5E
 
 
 def tiers_from_difficulty(difficulty: torch.Tensor, num_tiers: int) -> torch.Tensor:
@@ -72,3 +75,14 @@ def easiest_fraction_pool(easy_order: torch.Tensor, fraction: float, min_size: i
     n = easy_order.numel()
     k = min(n, max(min_size, math.ceil(fraction * n)))
     return torch.sort(easy_order[:k]).values
+
+
+def easiest_first(
+    shard: torch.Tensor, tiers: torch.Tensor, difficulty: torch.Tensor | None, seed: int, rank: int
+) -> torch.Tensor:
+    """Shard indices ordered by tier, then difficulty, then a random tie-break seeded by ``(seed, rank)``."""
+    gen = make_generator(mix_seed(seed, rank, _EASY_ORDER_SALT))
+    order = shard[torch.randperm(shard.numel(), generator=gen)]
+    if difficulty is not None:
+        order = order[torch.argsort(difficulty[order], stable=True)]
+    return order[torch.argsort(tiers[order], stable=True)]

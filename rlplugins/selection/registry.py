@@ -31,7 +31,11 @@ _SAGE_OVERRIDES: dict[str, dict[str, object]] = {
     "sage_no_curriculum": {"use_curriculum": False},
     "sage_no_filter": {"use_filter": False},
     "signal_only": {"score_variant": "signal"},
-    "dynamic_loss": {"use_curriculum": False, "use_filter": False, "score_variant": "loss"},
+    # loss ranking on the implicit DPO margin over the whole shard, re-scored every round, top-k (no uniform fill)
+    "dynamic_loss": {
+        "use_curriculum": False, "use_filter": False, "score_variant": "loss", "margin_source": "implicit",
+        "fill": "score", "rescore_scope": "pool",
+    },
 }
 _UNIFORM_MODES = {
     "dpo_full": "full",
@@ -81,4 +85,6 @@ def make_selector(
         return SageSelector(config=cfg, **common)
     if name in _UNIFORM_MODES:
         return UniformSelector(mode=_UNIFORM_MODES[name], config=config, **common)
-    return StaticScoreSelector(criterion=_STATIC[name], config=config, external_margins=external_margins, **common)
+    # the static baselines are defined on the implicit-reward gap (Qi et al.; "Less is More")
+    cfg = dataclasses.replace(config, margin_source="implicit")
+    return StaticScoreSelector(criterion=_STATIC[name], config=cfg, external_margins=external_margins, **common)

@@ -19,30 +19,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_float_vector, check_logps
+from ._checks import check_float_vector
 from .config import SCORE_VARIANTS, SageConfig
-from .stability import in_boundary_band, temporal_unstable
+from .margins import implicit_margins, pair_margins  # noqa: F401  (implicit_margins: re-exported, its old home)
+from .stability import stability_masks
 
 # p(1 - p) <= 1/4 exactly; mean over tokens in float32 can land a few ulps above it.
 _CURVATURE_TOL = 1e-6
-
-
-def implicit_margins(
-    policy_chosen_logps: torch.Tensor,
-    policy_rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor,
-    ref_rejected_logps: torch.Tensor,
-    beta: float,
-) -> torch.Tensor:
-    """Scaled implicit-reward margin ``u = beta * ((pc - rc) - (pr - rr))`` per pair, CPU float64 ``[N]``.
-
-    Log-probs are sums over response tokens. Non-finite inputs give a non-finite margin (callers flag those pairs).
-    """
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
-        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
-    pc, pr, rc, rr = check_logps(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
-    with torch.no_grad():
-        return beta * ((pc - rc) - (pr - rr))
 
 
 def _check_curvature(rejected_curvature: object, n: int) -> torch.Tensor:
@@ -116,16 +99,17 @@ def sage_scores(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SAGE score and stability mask of N pairs from forward-only sequence log-probs (arXiv 2602.01207).
 
-    ``u = beta*((pc - rc) - (pr - rr))``; ``scores = S(u)`` per ``config.score_variant`` (float64 ``[N]``);
-    ``stable = finite & |u| >= boundary_band & not temporally unstable`` (bool ``[N]``), or just ``finite`` when
+    ``u`` from ``config.margin_source`` (`margins.pair_margins`); ``scores = S(u)`` per ``config.score_variant`` (float64 ``[N]``);
+    ``stable`` (bool ``[N]``): the stability rule of `stability.stability_masks`, the band and noise guard relative to these N pairs; just ``finite`` when
     ``config.use_filter`` is False. ``history`` ``[N, K']`` holds previous margins u (oldest to newest, NaN = missing);
     the current u is appended to it for the temporal checks over the last ``config.history_size`` observations.
     Pairs with a non-finite input get score 0 and ``stable=False``.
     """
     if not isinstance(config, SageConfig):
         raise TypeError(f"config must be a SageConfig, got {type(config).__name__}")
-    u = implicit_margins(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, config.beta
+    u = pair_margins(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, config.beta,
+        config.margin_source,
     )
     n = u.shape[0]
     curv = None
@@ -138,20 +122,13 @@ def sage_scores(
         margin_clip=config.margin_clip,
         rejected_curvature=curv,
     )
-    finite = torch.isfinite(u)
     if curv is not None:
-        finite = finite & torch.isfinite(curv)
-    if not config.use_filter:
-        return scores, finite
-    stable = finite & ~in_boundary_band(u, config.boundary_band)
+        u = torch.where(torch.isfinite(curv), u, torch.full_like(u, math.nan))
+    full = None
     if history is not None:
         if not isinstance(history, torch.Tensor) or not history.is_floating_point():
             raise TypeError(f"history must be a floating torch.Tensor, got {type(history).__name__}")
         if history.dim() != 2 or history.shape[0] != n:
             raise ValueError(f"history must have shape [{n}, K], got {tuple(history.shape)}")
         full = torch.cat([history.detach().to("cpu", torch.float64), u.unsqueeze(1)], dim=1)
-        full = full[:, -config.history_size :]
-        stable &= ~temporal_unstable(
-            full, sign_consistency=config.sign_consistency, variance_threshold=config.variance_threshold
-        )
-    return scores, stable
+    return scores, stability_masks(u, full, u[torch.isfinite(u)], config).stable

@@ -2,15 +2,26 @@
 
 Paper: arXiv 2602.01207 (Wu et al., 2026). The paper's abstracts state a curriculum over refreshable, difficulty-
 stratified candidate pools driven by model competence, and a forward-only, Newton-decrement-inspired score that favours
-stable confident errors and filters unstable pairs. The equations and the loop below are the rlplugins reconstruction
-(docs/sage.md Part B, B4-B7), consistent with those statements but not taken from the paper's text.
+stable confident errors and filters unstable pairs. Everything below is the rlplugins reconstruction (second design,
+docs/selection-api.md §6 and the README's SAGE section), consistent with those statements but not the paper's text.
 
-Pool mode, each round: score the pool P_k (forward only), drop non-finite and unstable pairs (B5), keep the top
-``ceil(rho * |P_k|)`` by ``S(u) = sigma(-u)^2 / (sigma(u)sigma(-u) + delta)`` (or sample ∝ S) as the working set,
-train on shuffled passes over it for R steps, then re-score. Competence = preference accuracy on P_k; when it reaches
-kappa_up (or the pool is exhausted) the next tier is mixed in. Online mode: every step score ``ceil(B / rho)`` random
-pool candidates and keep the B best. The first round (warm-up) is uniform: at step 0 the policy equals the reference,
-so every margin is 0 and the score carries no information (C.8).
+Pool mode, one *round* every ``rescore_interval`` steps (a fixed cadence):
+
+1. margins ``u`` of the pool P_k (`margins.pair_margins`, ``margin_source``). ``rescore_scope="cached"`` requests only
+   pool pairs never scored and otherwise uses the latest margin known per pair: the step-0 score (free: the policy is
+   the reference) or the margin of the pair's last training forward (free, ``observe_batch``); ``"pool"`` re-scores
+   the whole pool (one forward per pair, counted in ``selector/pairs_scored``);
+2. the stability rule (`stability.stability_masks`: scale-free boundary band, temporal sign flips, noise guard);
+3. the working set W_k: the *wanted* pairs, stable errors (``u < 0``) ranked by the score ``S(u)`` (top-k or
+   sampled), up to ``max(B, ceil(rho |P_k|))``; when fewer qualify, the rest is drawn uniformly from the pool (noise
+   suspects excluded, never by margin), so W_k never shrinks below that floor and a weak signal degrades to uniform
+   DPO;
+4. competence and refresh: the share of the level's starting errors fixed so far (``competence_source="improvement"``,
+   label noise cannot cap it because a plateau of ``plateau_rounds`` rounds without progress also advances), or pool
+   preference accuracy (``"pool"``), or a held-out value (``"external"``).
+
+Online mode: every step score ``ceil(B / rho)`` random pool candidates and keep the B best wanted ones (uniform fill).
+With ``margin_source="implicit"`` every margin is 0 at step 0, so the first round is a uniform warm-up (C.8).
 """
 
 from __future__ import annotations
@@ -19,20 +30,18 @@ import math
 
 import torch
 
-from ._rng import make_generator, mix_seed, take_random, top_k_random_ties, weighted_sample_without_replacement
+from ._rng import take_random, top_k_random_ties, weighted_sample_without_replacement
 from .base import PairSelector, ScoreFn
 from .config import SageConfig
-from .curriculum import easiest_fraction_pool, schedule_fraction, tier_pool
+from .curriculum import easiest_first, easiest_fraction_pool, schedule_fraction, tier_pool
 from .scores import score_from_margin
-from .stability import in_boundary_band, temporal_unstable
-
-_EASY_ORDER_SALT = 0xEA5E
+from .stability import StabilityMasks, stability_masks
 
 
 class SageSelector(PairSelector):
-    """SAGE and its ablations (``use_curriculum``, ``use_filter``, ``score_variant`` in `SageConfig`).
+    """SAGE and its ablations (``use_curriculum``, ``use_filter``, ``score_variant``, ``fill`` in `SageConfig`).
 
-    See docs/selection-api.md for the calling protocol; formulas in `rlplugins.selection.scores`.
+    See docs/selection-api.md for the calling protocol; formulas in `rlplugins.selection.scores` and `.margins`.
     """
 
     _STATE_FIELDS = PairSelector._STATE_FIELDS + (
@@ -41,7 +50,11 @@ class SageSelector(PairSelector):
         "_warmup_end",
         "_competence",
         "_online_batch",
+        "_level_err0",
+        "_prev_err",
+        "_plateau",
     )
+    _VARIABLE_SIZE_FIELDS = PairSelector._VARIABLE_SIZE_FIELDS + ("_online_batch",)
 
     def __init__(
         self,
@@ -75,10 +88,13 @@ class SageSelector(PairSelector):
             raise ValueError("total_steps is required when config.refresh_mode='schedule'")
         shard_tiers = self.tiers[self.shard]
         self._max_level = int(shard_tiers.max())
-        self._easy_order = self._easiest_first()
+        self._easy_order = easiest_first(self.shard, self.tiers, self.difficulty, cfg.seed, self.rank)
         self._level = 0
         self._competence = math.nan
         self._online_batch: torch.Tensor | None = None
+        self._level_err0 = math.nan
+        self._prev_err = math.nan
+        self._plateau = 0
         if not cfg.use_curriculum:
             self._pool = self.shard.clone()
             self._level = self._max_level
@@ -93,7 +109,12 @@ class SageSelector(PairSelector):
         warm = take_random(self._pool, n_nominal, self._gen)
         warm = torch.cat([warm, self._fallback(warm, self.batch_size - warm.numel(), self._pool)])
         self._set_working(warm)
-        self._warmup_end = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, n_nominal // self.batch_size)
+        if cfg.warmup_steps is not None:
+            self._warmup_end = cfg.warmup_steps
+        elif cfg.margin_source == "policy":
+            self._warmup_end = 0  # informative at step 0: score before the first update
+        else:
+            self._warmup_end = max(1, n_nominal // self.batch_size)  # implicit margins are all 0 at step 0
         self._next_score_step = self._warmup_end
 
     # ------------------------------------------------------------------ hooks
@@ -107,22 +128,37 @@ class SageSelector(PairSelector):
                 return None
             if self._schedule:
                 self._rebuild_schedule_pool()
-            return self._pool.clone()
+            return self._to_score(self._pool)
         if self._step < self._warmup_end or self._online_batch is not None:
             return None  # warm-up, or this step's candidates were already scored and selected
         if self._schedule:
             self._rebuild_schedule_pool()
         return self._draw_candidates()
 
+    def _to_score(self, pairs: torch.Tensor) -> torch.Tensor | None:
+        """Pairs of ``pairs`` a pool round needs scored: all of them (``"pool"``) or those with no margin yet."""
+        if self.config.rescore_scope == "pool":
+            return pairs.clone()
+        unknown = pairs[~torch.isfinite(self._u[pairs]) & ~self._invalid[pairs]]
+        return unknown if unknown.numel() else None
+
     def _on_scores(self, request: torch.Tensor, partial: bool) -> None:
         if self.config.granularity == "pool":
-            self._update_competence_and_refresh()
-            self._select_pool()
+            self._round()
         else:
             self._select_online(request)
             self._update_competence_and_refresh()
 
+    def _round(self) -> None:
+        self._update_competence_and_refresh()
+        self._select_pool()
+
     def _produce_batch(self) -> torch.Tensor:
+        cfg = self.config
+        if cfg.granularity == "pool" and self._step >= self._next_score_step:
+            # a round whose margins were all known already (rescore_scope="cached"): nothing was requested
+            self._rounds += 1
+            self._round()
         if self._online_batch is not None:
             batch = self._online_batch
             self._online_batch = None
@@ -139,16 +175,8 @@ class SageSelector(PairSelector):
     # ------------------------------------------------------------------ pools and competence
 
     def _nominal_size(self) -> int:
-        """Working-set size of a round before filtering, ``max(B, ceil(rho * |P|))``."""
+        """Working-set size of a round, ``max(B, ceil(rho * |P|))`` (also the floor: W never shrinks below it)."""
         return max(self.batch_size, math.ceil(self.config.selection_ratio * self._pool.numel()))
-
-    def _easiest_first(self) -> torch.Tensor:
-        """Shard indices ordered by tier, then difficulty, then a seeded random tie-break."""
-        gen = make_generator(mix_seed(self.config.seed, self.rank, _EASY_ORDER_SALT))
-        order = self.shard[torch.randperm(self.shard.numel(), generator=gen)]
-        if self.difficulty is not None:
-            order = order[torch.argsort(self.difficulty[order], stable=True)]
-        return order[torch.argsort(self.tiers[order], stable=True)]
 
     def _rebuild_schedule_pool(self) -> None:
         frac = schedule_fraction(self._step, self.total_steps or 1, self.config.schedule_c0)
@@ -158,39 +186,55 @@ class SageSelector(PairSelector):
             self._refreshes += 1
             self._level = int(self.tiers[new].max())
 
-    def _current(self, pool: torch.Tensor) -> torch.Tensor:
-        """Mask over ``pool``: scored since the pool was (re)built, finite and valid."""
-        return (self._scored_gen[pool] == self._pool_gen) & torch.isfinite(self._u[pool]) & ~self._invalid[pool]
+    def _known(self, pool: torch.Tensor) -> torch.Tensor:
+        """Mask over ``pool``: a usable margin (pool mode ``"pool"``: scored since the pool was (re)built)."""
+        ok = torch.isfinite(self._u[pool]) & ~self._invalid[pool]
+        if self.config.rescore_scope == "pool" or self.config.granularity == "online":
+            ok &= self._scored_gen[pool] == self._pool_gen
+        return ok
 
-    def _pool_competence(self) -> float:
-        pool = self._pool
-        cur = self._current(pool)
-        n = int(cur.sum())
-        if n == 0 or n < self.config.competence_min_coverage * pool.numel():
-            return math.nan
-        return float((self._u[pool][cur] > 0).double().mean())
-
-    def _exhausted(self) -> bool:
-        """Few stable confident errors left (< exhaust_fraction * |P|) while most pairs are off the boundary."""
+    def _pool_errors(self) -> tuple[float, float, bool]:
+        """(error share, preference accuracy, exhausted) over the pool's known margins; NaN if too few known."""
         cfg = self.config
         pool = self._pool
-        cur = self._current(pool)
-        n = int(cur.sum())
+        known = self._known(pool)
+        n = int(known.sum())
         if n == 0 or n < cfg.competence_min_coverage * pool.numel():
-            return False
-        idx = pool[cur]
-        _, band, _, stable = self._stability(idx)
-        errors = int((stable & (self._u[idx] < 0)).sum())
-        # Without the boundary condition a freshly warmed-up model (all |u| small) would look "exhausted".
-        return errors < cfg.exhaust_fraction * pool.numel() and float(band.double().mean()) < 0.5
+            return math.nan, math.nan, False
+        idx = pool[known]
+        u = self._u[idx]
+        masks = self._stability(idx)
+        wanted = int((masks.stable & (u < 0)).sum())
+        exhausted = wanted < cfg.exhaust_fraction * pool.numel()
+        if cfg.margin_source == "implicit":
+            # at step 0 every implicit margin is 0 (all in the band): not exhausted, just uninformed
+            exhausted &= float(masks.band.double().mean()) < 0.5
+        return float((u < 0).double().mean()), float((u > 0).double().mean()), exhausted
 
     def _update_competence_and_refresh(self) -> None:
         cfg = self.config
-        comp = self._pool_competence() if cfg.competence_source == "pool" else self._external_competence
+        err, acc, exhausted = self._pool_errors()
+        advance = exhausted
+        if cfg.competence_source == "external":
+            comp = self._external_competence
+        elif cfg.competence_source == "pool":
+            comp = acc
+        else:
+            if math.isfinite(err) and not math.isfinite(self._level_err0):
+                self._level_err0 = err
+            e0 = self._level_err0
+            comp = (1.0 - err / e0 if e0 > 0 else 1.0) if math.isfinite(err) and math.isfinite(e0) else math.nan
+            if math.isfinite(err) and cfg.plateau_rounds > 0:
+                # label noise cannot cap this trigger: an error share that stops falling advances the curriculum
+                improved = not math.isfinite(self._prev_err) or err < self._prev_err - 1e-12
+                self._plateau = 0 if improved else self._plateau + 1
+                advance |= self._plateau >= cfg.plateau_rounds
+            if math.isfinite(err):
+                self._prev_err = err
         self._competence = comp
         if not cfg.use_curriculum or self._schedule or self._level >= self._max_level:
             return
-        if not ((math.isfinite(comp) and comp >= cfg.competence_threshold) or self._exhausted()):
+        if not ((math.isfinite(comp) and comp >= cfg.competence_threshold) or advance):
             return
         size = self._pool.numel()
         new = self._pool
@@ -200,36 +244,31 @@ class SageSelector(PairSelector):
         self._pool = new
         self._pool_gen += 1
         self._refreshes += 1
+        self._level_err0 = math.nan
+        self._prev_err = math.nan
+        self._plateau = 0
         self._external_competence = math.nan  # a new level needs a new held-out measurement
         fresh = new[(self._scored_step[new] == self._step) & torch.isfinite(self._u[new])]
-        self._scored_gen[fresh] = self._pool_gen
+        self._book.scored_gen[fresh] = self._pool_gen
         if cfg.granularity == "pool":
-            unscored = new[self._scored_step[new] != self._step]
-            if unscored.numel() > 0:
-                self._open(unscored)
+            if cfg.rescore_scope == "pool":
+                need = new[self._scored_step[new] != self._step]
+            else:
+                need = self._to_score(new)
+            if need is not None and need.numel() > 0:
+                self._open(need)
 
     # ------------------------------------------------------------------ selection
 
-    def _stability(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(finite, in_band, temporally_unstable, stable) masks over ``idx``."""
+    def _stability(self, idx: torch.Tensor) -> StabilityMasks:
         cfg = self.config
-        u = self._u[idx]
-        finite = torch.isfinite(u) & ~self._invalid[idx]
+        u = torch.where(self._invalid[idx], torch.full_like(self._u[idx], math.nan), self._u[idx])
         if cfg.score_variant == "token_curvature":
-            finite &= torch.isfinite(self._curv[idx])
-        none = torch.zeros(idx.numel(), dtype=torch.bool)
-        if not cfg.use_filter:
-            return finite, none, none, finite
-        band = in_boundary_band(u, cfg.boundary_band) & finite
-        if cfg.sign_consistency or cfg.variance_threshold is not None:
-            temporal = temporal_unstable(
-                self._history[idx],
-                sign_consistency=cfg.sign_consistency,
-                variance_threshold=cfg.variance_threshold,
-            ) & finite
-        else:
-            temporal = none
-        return finite, band, temporal, finite & ~band & ~temporal
+            u = torch.where(torch.isfinite(self._curv[idx]), u, torch.full_like(u, math.nan))
+        pool = self._pool
+        pool_u = self._u[pool]
+        ok = torch.isfinite(pool_u) & ~self._invalid[pool]
+        return stability_masks(u, self._history[idx], pool_u[ok], cfg, self.tiers[idx], self.tiers[pool][ok])
 
     def _scores(self, idx: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -242,44 +281,60 @@ class SageSelector(PairSelector):
             rejected_curvature=curv,
         )
 
-    def _choose(self, candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """Up to k eligible candidates by score; plus the selection metrics."""
-        finite, band, temporal, stable = self._stability(candidates)
-        eligible = candidates[stable]
+    def _choose(self, candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Up to k *wanted* candidates by score, the noise suspects among the candidates, and the selection metrics.
+
+        Wanted: stable pairs with ``u < 0`` (``fill="uniform"``, the default), or every stable pair (``fill="score"``:
+        the top-k by score, as loss-ranked baselines do).
+        """
+        cfg = self.config
+        m = self._stability(candidates)
+        u = self._u[candidates]
+        wanted_mask = m.stable & (u < 0) if cfg.fill == "uniform" else m.stable
+        eligible = candidates[wanted_mask]
         scores = self._scores(eligible)
         k = min(k, eligible.numel())
-        if self.config.selection_mode == "topk":
+        if cfg.selection_mode == "topk":
             chosen = top_k_random_ties(eligible, scores, k, self._gen)
         else:
             # Scores of finite margins are > 0 (u is clipped); the floor only guards against underflow.
             chosen = weighted_sample_without_replacement(eligible, scores.clamp(min=1e-300), k, self._gen)
-        n_fin = int(finite.sum())
-        chosen_scores = self._scores(chosen)
+        n_fin = int(m.finite.sum())
         chosen_u = self._u[chosen]
         nan = math.nan
         stats = {
-            "selector/unstable_fraction": float((finite & ~stable).sum()) / n_fin if n_fin else nan,
-            "selector/boundary_fraction": float(band.sum()) / n_fin if n_fin else nan,
-            "selector/sign_flip_fraction": float(temporal.sum()) / n_fin if n_fin else nan,
-            "selector/mean_score_selected": float(chosen_scores.mean()) if chosen.numel() else nan,
+            "selector/unstable_fraction": float((m.finite & ~m.stable).sum()) / n_fin if n_fin else nan,
+            "selector/boundary_fraction": float(m.band.sum()) / n_fin if n_fin else nan,
+            "selector/sign_flip_fraction": float(m.temporal.sum()) / n_fin if n_fin else nan,
+            "selector/noise_suspect_fraction": float(m.suspect.sum()) / n_fin if n_fin else nan,
+            "selector/mean_score_selected": float(self._scores(chosen).mean()) if chosen.numel() else nan,
             "selector/mean_margin_selected": float(chosen_u.mean()) if chosen.numel() else nan,
             "selector/confident_error_fraction": float((chosen_u < 0).double().mean()) if chosen.numel() else nan,
         }
-        return chosen, stats
+        return chosen, candidates[m.suspect], stats
 
     def _select_pool(self) -> None:
         pool = self._pool
-        chosen, stats = self._choose(pool, self._nominal_size())
-        # The working set shrinks to the eligible pairs rather than being padded with unstable ones; the fallback
-        # only tops it up to one batch (docs/selection-api.md §6).
-        fill = self._fallback(chosen, self.batch_size - chosen.numel(), pool)
+        n = self._nominal_size()
+        chosen, suspects, stats = self._choose(pool, n)
+        # No trivial fill: what the score does not want is drawn uniformly from the pool (noise suspects excluded),
+        # up to the floor. Uniform members of the previous working set stay (they were drawn uniformly already), so
+        # a round that changes nothing does not restart the pass over the working set.
+        taken = torch.zeros(self.num_pairs, dtype=torch.bool)
+        taken[chosen] = True
+        taken[suspects] = True
+        in_pool = torch.zeros(self.num_pairs, dtype=torch.bool)
+        in_pool[pool] = True
+        old = self._working
+        keep = old[~taken[old] & in_pool[old] & ~self._invalid[old]][: max(0, n - chosen.numel())]
+        taken[keep] = True
+        fill = torch.cat([keep, self._fallback(taken.nonzero().flatten(), n - chosen.numel() - keep.numel(), pool)])
         working = torch.cat([chosen, fill])
-        self._set_working(working)
-        stats["selector/fallback_fraction"] = fill.numel() / max(1, working.numel())
+        if working.numel() != old.numel() or not torch.equal(torch.sort(working).values, torch.sort(old).values):
+            self._set_working(working)
+        stats["selector/fallback_fraction"] = fill.numel() / max(1, chosen.numel() + fill.numel())
         self._last = stats
-        # R defaults to one pass over the working set W_k (B7 step 3), so a small W_k is re-scored sooner; the
-        # extra scoring cost is counted in selector/pairs_scored.
-        r = self.config.rescore_interval or max(1, working.numel() // self.batch_size)
+        r = self.config.rescore_interval or max(1, self._working.numel() // self.batch_size)
         self._next_score_step = self._step + r
 
     def _draw_candidates(self) -> torch.Tensor:
@@ -289,8 +344,8 @@ class SageSelector(PairSelector):
         return torch.sort(cand).values
 
     def _select_online(self, candidates: torch.Tensor) -> None:
-        chosen, stats = self._choose(candidates, self.batch_size)
-        fill = self._fallback(chosen, self.batch_size - chosen.numel(), candidates)
+        chosen, suspects, stats = self._choose(candidates, self.batch_size)
+        fill = self._fallback(torch.cat([chosen, suspects]), self.batch_size - chosen.numel(), candidates)
         self._online_batch = torch.cat([chosen, fill])
         stats["selector/fallback_fraction"] = fill.numel() / self.batch_size
         self._last = stats

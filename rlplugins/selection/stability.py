@@ -1,21 +1,34 @@
-"""Stability filter of SAGE (docs/sage.md B5, [reconstruction] of arXiv 2602.01207).
+"""Stability filter of SAGE (docs/sage.md B5, [reconstruction] of arXiv 2602.01207), written once.
 
-A pair is unstable if its scaled margin lies in the boundary band ``|u| < tau_b`` (there ``c(u) = sigma(u)sigma(-u)``
-is close to its maximum 1/4, so a small parameter change flips the sign of the margin and the per-pair gradient
-direction is unreliable), or, optionally, if its margin history is temporally unstable: a sign change between the last
-two observations, or a variance over the last K observations above ``tau_v``. What remains with ``u < 0`` are the
-"stable confident errors" the paper's v2 abstract singles out.
+A pair is *unstable* (never selected by score) if
+
+* its margin is near the decision boundary: ``|u| < tau``. With ``band_scale="relative"`` (default) ``tau`` is
+  ``boundary_band`` times the median ``|u|`` of the pool being selected from, so the band follows the pool's margin
+  scale and, for ``boundary_band <= 1``, can never hold half of the pool or more; ``"absolute"`` keeps ``tau =
+  boundary_band`` in margin units (the first reconstruction, which on small margins excluded almost everything);
+* or its margin history is temporally unstable: a sign change between the last two observations, or a variance over
+  the last K observations above ``variance_threshold``;
+
+and it is a *noise suspect* (label-noise guard, ours) if its margin lies far below its peers: a robust z-score
+``(u - median) / (1.4826 * MAD)`` over the pool below ``-noise_guard``, now and at its previous observation (a
+pair that *stays* confidently wrong far beyond the rest of the pool is more likely mislabelled than informative).
+What remains with ``u < 0`` are the "stable confident errors" the paper's v2 abstract singles out.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
+# 1.4826 * MAD estimates the standard deviation of a normal sample.
+_MAD_TO_STD = 1.4826
+
 
 def in_boundary_band(u: torch.Tensor, band: float) -> torch.Tensor:
-    """``|u| < band`` elementwise (False for non-finite u: those are handled as invalid, not as boundary pairs)."""
+    """``|u| < band`` elementwise, ``band`` in margin units (`band_threshold` gives it for a pool); False for
+    non-finite u (those are handled as invalid, not as boundary pairs)."""
     return torch.isfinite(u) & (u.abs() < band)
 
 
@@ -57,3 +70,91 @@ def temporal_unstable(
         var = (torch.where(finite, h - mean.unsqueeze(1), torch.zeros_like(h)) ** 2).sum(dim=1) / count.clamp(min=1)
         unstable |= (count >= 2) & (var > variance_threshold)
     return unstable
+
+
+def band_threshold(pool_u: torch.Tensor, band: float, scale: str) -> float:
+    """The boundary half-width ``tau``: ``band`` (absolute) or ``band * median |u|`` over the finite pool margins."""
+    if scale == "absolute":
+        return float(band)
+    fin = pool_u[torch.isfinite(pool_u)]
+    if fin.numel() == 0:
+        return 0.0
+    return float(band) * float(fin.abs().median())
+
+
+def robust_z(u: torch.Tensor, pool_u: torch.Tensor) -> torch.Tensor:
+    """``(u - median) / (1.4826 MAD)`` against the finite pool margins; 0 when the pool has no spread."""
+    fin = pool_u[torch.isfinite(pool_u)]
+    if fin.numel() == 0:
+        return torch.zeros_like(u)
+    med = fin.median()
+    mad = (fin - med).abs().median() * _MAD_TO_STD
+    if not float(mad) > 0:
+        return torch.zeros_like(u)
+    return (u - med) / mad
+
+
+@dataclass
+class StabilityMasks:
+    """Masks over the pairs examined: finite margin, boundary band, temporal instability, noise suspect, stable."""
+
+    finite: torch.Tensor
+    band: torch.Tensor
+    temporal: torch.Tensor
+    suspect: torch.Tensor
+    stable: torch.Tensor
+
+
+def peer_z(
+    u: torch.Tensor, pool_u: torch.Tensor, groups: torch.Tensor | None, pool_groups: torch.Tensor | None
+) -> torch.Tensor:
+    """Robust z-score of each ``u`` against its peers: the pool pairs of the same group (difficulty tier), or the
+    whole pool when no groups are given."""
+    if groups is None or pool_groups is None:
+        return robust_z(u, pool_u)
+    z = torch.zeros_like(u)
+    for g in torch.unique(groups).tolist():
+        sel = groups == g
+        z[sel] = robust_z(u[sel], pool_u[pool_groups == g])
+    return z
+
+
+def stability_masks(
+    u: torch.Tensor,
+    history: torch.Tensor | None,
+    pool_u: torch.Tensor,
+    config,
+    groups: torch.Tensor | None = None,
+    pool_groups: torch.Tensor | None = None,
+) -> StabilityMasks:
+    """The stability rule of SAGE (module docstring), in one place.
+
+    ``u`` ``[N]`` the latest margins; ``history`` ``[N, K]`` the margins observed so far (oldest to newest, NaN =
+    missing, its last column the same observation as ``u``) or None; ``pool_u`` the margins of the pool the band and
+    the noise guard are relative to (``u`` itself for a stateless call); ``config`` a ``SageConfig``.
+    ``groups`` / ``pool_groups``: the difficulty tier of each pair and of each pool pair; the noise guard compares a
+    pair with the pool pairs of its own tier (a confident error is ordinary on a hard tier, suspicious on an easy one).
+    ``stable = finite & ~band & ~temporal & ~suspect``; with ``use_filter=False`` only ``finite`` counts.
+    """
+    finite = torch.isfinite(u)
+    none = torch.zeros(u.shape[0], dtype=torch.bool)
+    if not config.use_filter:
+        return StabilityMasks(finite, none, none.clone(), none.clone(), finite.clone())
+    tau = band_threshold(pool_u, config.boundary_band, config.band_scale)
+    band = in_boundary_band(u, tau) | (u == 0)  # a margin of exactly 0 has no sign: always at the boundary
+    temporal = none.clone()
+    if history is not None and (config.sign_consistency or config.variance_threshold is not None):
+        h = history[:, -config.history_size :]
+        temporal = temporal_unstable(
+            h, sign_consistency=config.sign_consistency, variance_threshold=config.variance_threshold
+        ) & finite
+    suspect = none.clone()
+    if config.noise_guard is not None:
+        far = peer_z(u, pool_u, groups, pool_groups) < -config.noise_guard
+        if history is not None and history.shape[1] >= 2:
+            prev = history[:, -2]
+            # "stays" far below: the previous observation (if any) is far below the current pool too
+            prev_far = ~torch.isfinite(prev) | (peer_z(prev, pool_u, groups, pool_groups) < -config.noise_guard)
+            far &= prev_far
+        suspect = finite & far
+    return StabilityMasks(finite, band, temporal, suspect, finite & ~band & ~temporal & ~suspect)

@@ -112,14 +112,55 @@ def test_score_reference_values():
 
 
 @given(u=st.lists(margins, min_size=1, max_size=20), band=st.floats(0.0, 3.0))
-def test_boundary_band_is_unstable_and_outside_is_stable(u, band):
-    cfg = SageConfig(boundary_band=band)
+def test_absolute_boundary_band_is_unstable_and_outside_is_stable(u, band):
+    cfg = SageConfig(boundary_band=band, band_scale="absolute", noise_guard=None)
     _, stable = _scores_of_u(u, cfg)
     uu = _t(u)
-    inside = uu.abs() < band
+    inside = (uu.abs() < band) | (uu == 0)
     assert not stable[inside].any()
     # with no history only the band applies
     assert torch.equal(stable, ~inside)
+
+
+@given(u=st.lists(margins, min_size=1, max_size=40), band=st.floats(0.0, 1.0),
+       scale=st.sampled_from([1e-4, 0.05, 1.0, 300.0]))
+def test_relative_band_is_scale_free_and_never_holds_half_the_pool(u, band, scale):
+    cfg = SageConfig(boundary_band=band, noise_guard=None)
+    uu = _t(u)
+    _, stable = _scores_of_u(u, cfg)
+    _, stable_scaled = _scores_of_u((uu * scale).tolist(), cfg)
+    # the same pairs are filtered whatever the margin scale (the band is a multiple of the pool's median |u|)
+    assert torch.equal(stable, stable_scaled)
+    nonzero = uu != 0
+    in_band = nonzero & ~stable
+    # strictly below band * median|u| <= median|u|: fewer than half of the pool can be inside (zeros aside)
+    assert int(in_band.sum()) * 2 <= uu.numel()
+    tau = band * float(uu.abs().median())
+    assert torch.equal(in_band, nonzero & (uu.abs() < tau))
+
+
+def test_relative_band_config_bounds():
+    with pytest.raises(ValueError, match="boundary_band"):
+        SageConfig(boundary_band=1.5)
+    SageConfig(boundary_band=1.5, band_scale="absolute")
+
+
+def test_noise_guard_flags_pairs_far_below_their_peers_only_if_they_stay_there():
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(200, generator=g, dtype=torch.float64).clamp(-2.5, 2.5) + 1.0
+    u[:5] = -8.0  # far below the rest of the pool
+    u[5] = -0.8  # an ordinary error
+    cfg = SageConfig(noise_guard=3.0, boundary_band=0.0, band_scale="absolute", sign_consistency=False)
+    _, stable = _scores_of_u(u.tolist(), cfg)
+    assert not stable[:5].any() and stable[5:].all()
+    # with a history: only the pairs that were also far below at the previous observation are suspects
+    prev = u.clone()
+    prev[:2] = 1.0
+    z = torch.zeros_like(u)
+    _, stable_h = sage_scores(u / cfg.beta, z, z, z, cfg, history=prev.unsqueeze(1))
+    assert stable_h[:2].all() and not stable_h[2:5].any()
+    _, off = _scores_of_u(u.tolist(), SageConfig(noise_guard=None, boundary_band=0.0, band_scale="absolute"))
+    assert off.all()
 
 
 @given(u=st.lists(margins, min_size=1, max_size=20))
@@ -140,13 +181,14 @@ def test_nonfinite_pairs_score_zero_and_unstable():
 
 @given(prev=margins, cur=margins)
 def test_sign_consistency_against_history(prev, cur):
-    cfg = SageConfig(boundary_band=0.0)
+    assume(cur != 0)
+    cfg = SageConfig(boundary_band=0.0, noise_guard=None)
     pc = _t([cur]) / cfg.beta
     z = torch.zeros(1, dtype=torch.float64)
     _, stable = sage_scores(pc, z, z, z, cfg, history=_t([[prev]]))
     flipped = prev * cur < 0
     assert bool(stable[0]) == (not flipped)
-    _, stable_off = sage_scores(pc, z, z, z, SageConfig(boundary_band=0.0, sign_consistency=False),
+    _, stable_off = sage_scores(pc, z, z, z, SageConfig(boundary_band=0.0, sign_consistency=False, noise_guard=None),
                                 history=_t([[prev]]))
     assert bool(stable_off[0])
 
@@ -210,6 +252,8 @@ def test_implicit_margins_formula_and_validation():
         ("competence_threshold", 0.0, ValueError), ("exhaust_fraction", 1.0, ValueError),
         ("rescore_interval", 0, ValueError), ("warmup_steps", -1, ValueError), ("seed", -1, ValueError),
         ("variance_threshold", 0.0, ValueError), ("use_filter", 1, TypeError), ("margin_clip", math.inf, ValueError),
+        ("margin_source", "x", ValueError), ("band_scale", "x", ValueError), ("noise_guard", 0.0, ValueError),
+        ("rescore_scope", "x", ValueError), ("plateau_rounds", -1, ValueError), ("fill", "topk", ValueError),
     ],
 )
 def test_config_validation_names_the_field(field, value, exc):

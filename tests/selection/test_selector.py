@@ -191,8 +191,13 @@ def test_state_dict_round_trip_across_curriculum_refreshes(granularity, mode, na
     assert sel.metrics()["selector/level"] == fresh.metrics()["selector/level"] > 0
 
 
+# The first reconstruction's rules, still available as options: absolute band, no noise guard, top-k fill by score,
+# whole-pool rescoring.
+LEGACY = dict(band_scale="absolute", boundary_band=0.5, noise_guard=None, fill="score", rescore_scope="pool")
+
+
 def _pool_sage(n, b, **cfg):
-    base = dict(use_curriculum=False, sign_consistency=False, warmup_steps=0, selection_ratio=0.5)
+    base = dict(use_curriculum=False, sign_consistency=False, warmup_steps=0, selection_ratio=0.5, **LEGACY)
     base.update(cfg)
     return SageSelector(num_pairs=n, batch_size=b, config=SageConfig(**base))
 
@@ -205,12 +210,13 @@ def test_pool_selection_is_top_rho_of_stable_pairs_and_never_the_band(seed, n, b
     feeder.feed(sel, 0)
     u = feeder.base
     eligible = (u.abs() >= band).nonzero().flatten()
-    k = min(max(math.ceil(0.5 * n), b), eligible.numel())
-    steps = max(1, max(k, b) // b)
+    nominal = max(math.ceil(0.5 * n), b)
+    k = min(nominal, eligible.numel())
+    steps = max(1, nominal // b)
     seen = set()
     for _ in range(steps):
         seen |= set(sel.next_batch().tolist())
-    if eligible.numel() >= b:
+    if eligible.numel() >= nominal:
         assert all(abs(u[i].item()) >= band for i in seen), "a boundary-band pair was selected"
         if mode == "topk":
             top = eligible[torch.argsort(u[eligible])[:k]]  # S decreasing in u: top-k by S = lowest u
@@ -219,7 +225,10 @@ def test_pool_selection_is_top_rho_of_stable_pairs_and_never_the_band(seed, n, b
             assert seen <= set(eligible.tolist())
         assert sel.metrics()["selector/fallback_fraction"] == 0.0
     else:
-        assert sel.metrics()["selector/fallback_fraction"] > 0.0
+        # every eligible pair is in the working set; the floor is filled uniformly from the rest of the pool
+        assert set(eligible.tolist()) <= set(sel._working.tolist())
+        assert sel._working.numel() == nominal
+        assert sel.metrics()["selector/fallback_fraction"] == pytest.approx((nominal - k) / nominal)
     expected_unstable = float((u.abs() < band).double().mean())
     assert sel.metrics()["selector/unstable_fraction"] == pytest.approx(expected_unstable)
 
@@ -289,7 +298,7 @@ def test_fallback_all_unstable_pool_never_crashes_or_empties():
 def test_fallback_sign_flipping_pool():
     n, b = 30, 5
     sel = SageSelector(num_pairs=n, batch_size=b, config=SageConfig(warmup_steps=0, use_curriculum=False,
-                                                                    rescore_interval=1))
+                                                                    rescore_interval=1, rescore_scope="pool"))
     for t in range(6):
         while (idx := sel.indices_to_score()).numel():
             u = torch.full((idx.numel(),), 2.0 if t % 2 else -2.0, dtype=torch.float64)
@@ -370,7 +379,8 @@ def test_no_refresh_below_threshold_and_refresh_when_exhausted():
 def test_external_competence():
     n, b = 60, 4
     tiers = torch.arange(n) % 3
-    cfg = SageConfig(warmup_steps=0, tier_mix=0.0, competence_source="external", rescore_interval=1)
+    cfg = SageConfig(warmup_steps=0, tier_mix=0.0, competence_source="external", rescore_interval=1,
+                     rescore_scope="pool")
     sel = SageSelector(num_pairs=n, batch_size=b, tiers=tiers, config=cfg)
     # 85% correct (pool accuracy above kappa), 15% stable confident errors (so the pool is not exhausted)
     pos = lambda idx: torch.where(idx % 20 < 17, 2.0, -2.0).double()  # noqa: E731
@@ -388,7 +398,8 @@ def test_external_competence():
 def test_schedule_refresh_grows_pool_with_c_of_t():
     n, b, total = 100, 4, 40
     diff = torch.linspace(0, 1, n, dtype=torch.float64)
-    cfg = SageConfig(refresh_mode="schedule", schedule_c0=0.25, rescore_interval=5, warmup_steps=0)
+    cfg = SageConfig(refresh_mode="schedule", schedule_c0=0.25, rescore_interval=5, warmup_steps=0,
+                     rescore_scope="pool")
     sel = SageSelector(num_pairs=n, batch_size=b, difficulty=diff, total_steps=total, config=cfg)
     sizes = []
     for t in range(total + 1):
@@ -421,7 +432,8 @@ def test_pull_mode_equals_push_mode():
 
 def test_unfed_request_is_reported_and_selection_continues():
     n, b = 40, 4
-    sel = SageSelector(num_pairs=n, batch_size=b, config=SageConfig(warmup_steps=2, use_curriculum=False))
+    sel = SageSelector(num_pairs=n, batch_size=b, config=SageConfig(warmup_steps=2, use_curriculum=False,
+                                                                    rescore_interval=1, rescore_scope="pool"))
     for t in range(8):
         batch = sel.next_batch()
         assert batch.numel() == b

@@ -1,0 +1,58 @@
+"""The pair margin, written once: every selector, score and baseline computes it here.
+
+``implicit`` (docs/sage.md B1): the scaled implicit-reward margin of DPO, ``u = beta * ((pc - rc) - (pr - rr))``. It is
+0 for every pair while the policy equals the reference (step 0), so it carries no information before training.
+
+``policy`` (ours, not from the paper): the policy's own likelihood margin, ``u = beta * (pc - pr)``. It equals the
+implicit margin plus the reference's margin ``beta * (rc - rr)``, so it is informative at step 0 (where it is the
+reference's margin, readable from the cached reference log-probs) and says whether the policy would rather generate
+the chosen or the rejected response: ``u < 0`` is an error of the model, not only of the DPO objective.
+
+Log-probs are sums over response tokens (as DPO and OpenRLHF's ``_get_batch_logps`` compute them).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import check_logps
+from .config import MARGIN_SOURCES
+
+
+def _check_beta(beta: object) -> float:
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
+        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+    return float(beta)
+
+
+def pair_margins(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+    source: str = "implicit",
+) -> torch.Tensor:
+    """Margin per pair from ``source`` (module docstring), CPU float64 ``[N]``; non-finite inputs give non-finite u."""
+    beta = _check_beta(beta)
+    if source not in MARGIN_SOURCES:
+        raise ValueError(f"source must be one of {MARGIN_SOURCES}, got {source!r}")
+    pc, pr, rc, rr = check_logps(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    with torch.no_grad():
+        if source == "policy":
+            # rc and rr are still validated (and a non-finite reference still flags the pair): training needs them
+            return beta * (pc - pr) + 0.0 * (rc - rr)
+        return beta * ((pc - rc) - (pr - rr))
+
+
+def implicit_margins(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """Scaled implicit-reward margin ``u = beta * ((pc - rc) - (pr - rr))`` per pair, CPU float64 ``[N]``."""
+    return pair_margins(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
