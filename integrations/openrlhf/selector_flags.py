@@ -45,6 +45,7 @@ _SAGE_ONLY_FIELDS = frozenset({
     "damping", "margin_clip", "boundary_band", "sign_consistency", "variance_threshold", "use_filter", "score_variant",
     "selection_mode", "granularity", "use_curriculum", "refresh_mode", "competence_threshold", "competence_source",
     "competence_min_coverage", "exhaust_fraction", "schedule_c0", "rescore_interval",
+    "margin_source", "band_scale", "noise_guard", "rescore_scope", "plateau_rounds", "fill",
 })
 _UNUSED_FIELDS = {
     "dpo_full": _SAGE_ONLY_FIELDS | {"selection_ratio", "tier_mix", "warmup_steps"},
