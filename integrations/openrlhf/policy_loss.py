@@ -144,6 +144,9 @@ class CorePolicyLoss(nn.Module):
             global_batch_info=global_batch_info,
             on_nonfinite=self.on_nonfinite,
             arg_names=_OPENRLHF_ARG_NAMES_GSPO_IS if denominator is rollout_log_probs else _OPENRLHF_ARG_NAMES,
+            # OpenRLHF's iter_grad_accum_global_norm divides the step's global counts by the accumulation steps:
+            # a micro-batch may hold more tokens than batch_num_tokens, so only a count of 0 is refused.
+            count_floor="nonzero",
         )
         self.last_metrics = metrics
         # OpenRLHF logs these two as tensors (it calls .detach() on them); float64 in, float64 out.

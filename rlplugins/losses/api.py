@@ -70,6 +70,7 @@ def compute_policy_loss(
     global_batch_info: Mapping[str, Any] | None = None,
     on_nonfinite: str = "raise",
     arg_names: Mapping[str, str] | None = None,
+    count_floor: str = "local",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Policy loss ``name`` aggregated over ``[batch, resp_len]`` tensors; returns ``(loss, metrics)``.
 
@@ -77,6 +78,9 @@ def compute_policy_loss(
     positions holding NaN/inf; ``"mask"`` drops those tokens (reported as ``nonfinite_tokens``).
     ``arg_names`` renames arguments in error messages, for adapters whose callers use other names
     (e.g. ``{"log_prob": "log_probs", "response_mask": "action_mask"}``).
+    ``count_floor``: how ``global_batch_info`` counts are checked against this call's own (`check_global_counts`):
+    ``"local"`` for veRL-style whole-batch counts, ``"nonzero"`` for counts pre-divided by the
+    gradient-accumulation steps (OpenRLHF).
     """
     spec = get_policy_loss(name)
     cfg = spec.make_config(config)
@@ -86,7 +90,7 @@ def compute_policy_loss(
         raise ValueError(f"on_nonfinite must be 'raise' or 'mask', got {on_nonfinite!r}")
     owner = names.get("global_batch_info", "global_batch_info")
     gbi = normalize_global_batch_info(global_batch_info, owner=owner)
-    check_global_counts(gbi, valid, loss_agg_mode, owner=owner)
+    check_global_counts(gbi, valid, loss_agg_mode, owner=owner, floor=count_floor)
 
     dtype = _compute_dtype(log_prob)
     lp, old, adv = log_prob.to(dtype), old_log_prob.detach().to(dtype), advantages.detach().to(dtype)
@@ -188,10 +192,21 @@ def _scalar(where: str, value: Any) -> float:
         return math.inf
 
 
+COUNT_FLOORS = ("local", "nonzero")
+
+
 def check_global_counts(gbi: Mapping[str, Any], valid: torch.Tensor, loss_agg_mode: str,
-                        owner: str = "global_batch_info") -> None:
-    """A global count smaller than this call's own count cannot be right (it is summed over micro-batches and
-    data-parallel ranks): it would scale the loss up, or, at 0, silently skip a step with valid tokens."""
+                        owner: str = "global_batch_info", floor: str = "local") -> None:
+    """Refuse a global count that cannot be right for this call.
+
+    ``floor="local"`` (veRL: counts summed over micro-batches and data-parallel ranks): a count smaller than this
+    call's own would scale the loss up, or, at 0, silently skip a step with valid tokens. ``floor="nonzero"``
+    (OpenRLHF 0.11: ``iter_grad_accum_global_norm`` divides the step's counts by the gradient-accumulation steps
+    to pre-compensate DeepSpeed's ``1/gas``, so one micro-batch may hold more than the count): only a count of 0
+    while this call has valid tokens is refused.
+    """
+    if floor not in COUNT_FLOORS:
+        raise ValueError(f"floor must be one of {COUNT_FLOORS}, got {floor!r}")
     if loss_agg_mode == "token-mean" and "batch_num_tokens" in gbi:
         local, key = valid.sum(), "batch_num_tokens"
         what = "valid tokens"
@@ -201,6 +216,11 @@ def check_global_counts(gbi: Mapping[str, Any], valid: torch.Tensor, loss_agg_mo
     else:
         return
     n_local = int(local)
+    if floor == "nonzero":
+        if n_local > 0 and _scalar(key, gbi[key]) <= 0:
+            raise ValueError(f"{_where(owner, key)}={gbi[key]!r} while this call has {n_local} {what}: the step would "
+                             f"be silently skipped; it must count the whole global batch")
+        return
     if _scalar(key, gbi[key]) < n_local:
         raise ValueError(f"{_where(owner, key)}={gbi[key]!r} is smaller than the {n_local} {what} of this call; it must "
                          f"count the whole global batch (all micro-batches and data-parallel ranks)")

@@ -91,6 +91,17 @@ def test_a_global_count_below_this_calls_own_count_is_rejected(n):
                                 global_batch_info={"global_batch_size": n}, **_batch())
 
 
+def test_a_count_floor_of_nonzero_takes_prescaled_counts_but_not_zero():
+    # OpenRLHF divides the step's counts by the accumulation steps: 3 < 8 local tokens is legitimate there.
+    loss, _ = compute_policy_loss("ppo_clip", global_batch_info={"batch_num_tokens": 3}, count_floor="nonzero",
+                                  **_batch())
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match=r"\['batch_num_tokens'\]=0 while this call has 8 valid tokens"):
+        compute_policy_loss("ppo_clip", global_batch_info={"batch_num_tokens": 0}, count_floor="nonzero", **_batch())
+    with pytest.raises(ValueError, match=r"floor must be one of \('local', 'nonzero'\), got 'none'"):
+        compute_policy_loss("ppo_clip", global_batch_info={"batch_num_tokens": 8}, count_floor="none", **_batch())
+
+
 def test_an_all_masked_global_batch_may_count_zero():
     x = _batch()
     x["response_mask"] = torch.zeros_like(x["response_mask"])

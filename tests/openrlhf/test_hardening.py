@@ -54,7 +54,8 @@ def test_core_policy_loss_errors_name_openrlhfs_arguments():
 
 # 2: global counts at the boundary -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs,message", [
-    ({"batch_num_tokens": 0, "dp_size": 1}, r"^batch_num_tokens=0 is smaller than the 8 valid tokens"),
+    ({"batch_num_tokens": 0, "dp_size": 1}, r"^batch_num_tokens=0 while this call has 8 valid tokens: the step would "
+                                            r"be silently skipped"),
     ({"batch_num_tokens": float("nan"), "dp_size": 1}, r"^batch_num_tokens must be finite"),
     ({"batch_num_tokens": 16.0, "dp_size": 2.7}, r"^dp_size must be an int >= 1, got 2.7"),
     ({"batch_num_tokens": -3, "dp_size": 1}, r"^batch_num_tokens must be >= 0"),
@@ -63,6 +64,19 @@ def test_core_policy_loss_checks_global_counts(kwargs, message):
     lp, old, adv, mask = _batch()
     with pytest.raises(ValueError, match=message):
         CorePolicyLoss("ppo_clip")(lp, old, adv, action_mask=mask, **kwargs)
+
+
+def test_core_policy_loss_accepts_openrlhfs_counts_prescaled_by_accumulation_steps():
+    """OpenRLHF 0.11's iter_grad_accum_global_norm passes the step's global count divided by the accumulation
+    steps (DeepSpeed then multiplies by 1/gas): one micro-batch may hold more tokens than that count. The loss
+    must equal OpenRLHF's own PolicyLoss there, not be refused."""
+    lp, old, adv, mask = _batch()
+    n_local = int(mask.sum())
+    prescaled = torch.tensor(n_local * 2 / 4.0)  # two micro-batches of this size, gas = 4: below the local count
+    assert prescaled < n_local
+    ours = CorePolicyLoss("ppo_clip")(lp, old, adv, action_mask=mask, batch_num_tokens=prescaled, dp_size=2)[0]
+    theirs = PolicyLoss()(lp, old, adv, action_mask=mask, batch_num_tokens=prescaled, dp_size=2)[0]
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
 
 
 # 15 and 13: DPO flags fail at parse time, naming the flag -------------------------------------------------------------
