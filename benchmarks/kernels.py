@@ -397,8 +397,10 @@ def tune(tokens: int, vocab: int, reps: int) -> list[dict]:
     inp = make_inputs(tokens, vocab, torch.device("cuda"))
     fn = build_provider("ours-fused-inplace", "maspo")
     rows = []
-    for kind, blocks, warps_list in (("FWD", (1024, 2048, 4096, 8192), (1, 2, 4, 8, 16)),
-                                     ("BWD", (1024, 2048, 4096, 8192), (4, 8, 16))):
+    from rlplugins.kernels import aot  # the candidates benchmarks/kernels_aot.py compiles ahead of time
+
+    for kind, cand in (("FWD", aot.TUNE_FWD), ("BWD", aot.TUNE_BWD)):
+        blocks, warps_list = cand["blocks"], cand["warps"]
         for block in blocks:
             for warps in warps_list:
                 os.environ[f"RLP_{kind}_BLOCK"], os.environ[f"RLP_{kind}_WARPS"] = str(block), str(warps)
