@@ -190,9 +190,9 @@ def build_provider(provider: str, name: str) -> Callable[[Inputs], torch.Tensor]
         if provider == "ours-composed":
             return lambda inp: _core_loss(name, kernels.token_logprobs(inp.leaf(), inp.labels, TEMPERATURE), inp, cfg)
         inplace = provider.endswith("inplace")
-        return lambda inp: kernels.fused_policy_loss(
-            inp.leaf(), inp.labels, inp.old, inp.adv, inp.mask, name, cfg, TEMPERATURE, agg_mode_for(name),
-            inplace_backward=inplace).loss
+        return lambda inp: agg_loss(kernels.fused_policy_loss(
+            inp.leaf(), inp.labels, inp.old, inp.adv, inp.mask, name, cfg, TEMPERATURE,
+            inplace_backward=inplace).token_loss, inp.mask, agg_mode_for(name))
     if provider == "liger":
         if name not in LIGER_LOSS_TYPE:
             return f"Liger has no {name} loss"

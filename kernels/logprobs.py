@@ -176,11 +176,11 @@ def logits_grad_kernel(
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     cmask = cols < V
     label = tl.load(LABELS + row)
-    used = label != ignore_index
     # One load site and one store site (tests/kernels/test_aot.py counts them in the PTX): an ignored row's
     # load is masked off entirely (no memory traffic) and its gradient forced to exactly 0.
+    used = cols < tl.where(label != ignore_index, V, 0)
     row_ptr = LOGITS + row_offset(row, INNER, STRIDE_OUTER, STRIDE_INNER)
-    z = tl.load(row_ptr + cols, mask=cmask & used, other=-float("inf")).to(tl.float32)
+    z = tl.load(row_ptr + cols, mask=used, other=-float("inf")).to(tl.float32)
     m = tl.load(MAXZ + row)
     log_l = tl.load(LOGL + row)
     g = tl.load(G + row)

@@ -132,6 +132,20 @@ def compute_policy_loss(
     return loss, metrics
 
 
+def policy_metrics(name: str, config: PolicyLossConfig | Mapping[str, Any] | None, log_prob: torch.Tensor,
+                   old_log_prob: torch.Tensor, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+    """The metrics of ``compute_policy_loss`` from detached, already validated [B, T] tensors whose valid positions
+    are finite (e.g. a fused kernel's log-probs): the per-token terms once, without a graph or an aggregation."""
+    spec = get_policy_loss(name)
+    cfg = spec.make_config(config)
+    dtype = _compute_dtype(log_prob)
+    zero = torch.zeros((), dtype=dtype, device=log_prob.device)
+    with torch.no_grad():
+        lp, old, adv = (torch.where(valid, t.detach().to(dtype), zero) for t in (log_prob, old_log_prob, advantages))
+        tok = spec.fn(lp, old, adv, cfg, response_mask=valid)
+    return _metrics(tok, lp, old, adv, valid, 0)
+
+
 _GBI_KEYS = ("batch_num_tokens", "global_batch_size", "dp_size", "loss_scale_factor")
 
 
