@@ -41,6 +41,7 @@ from .gates import get_gate
 from .logprobs import (
     RowStats,
     check_device,
+    check_grid,
     check_not_consumed,
     empty_row_stats,
     launch_logits_grad,
@@ -94,6 +95,7 @@ class FusedGatedTokenLossFunction(torch.autograd.Function):
                 ignore_index, block_size):
         logits_rows, rows, inner, so, si = row_layout(logits)
         vocab = logits_rows.shape[-1]
+        check_grid(rows)
         inv_temp = 1.0 / temperature
         dev = logits.device
         loss = torch.empty(rows, dtype=torch.float32, device=dev)

@@ -197,6 +197,21 @@ def logits_grad_kernel(
     tl.store(d_ptr + cols, to_storage(dz, DLOGITS.dtype.element_ty, BF16_RTNE_BY_HAND), mask=cmask)
 
 
+#: CUDA grid limits: axis 0 (one program per row) takes up to 2**31 - 1 programs, axis 1 (the gradient kernel's
+#: vocabulary blocks) up to 65,535. One sequence of any length is rows on axis 0, never a bound of its own.
+MAX_GRID_ROWS = 2**31 - 1
+MAX_GRID_VOCAB_BLOCKS = 65535
+
+
+def check_grid(rows: int, vocab_blocks: int = 1) -> None:
+    if rows > MAX_GRID_ROWS:
+        raise ValueError(f"{rows} rows exceed the {MAX_GRID_ROWS} programs of a CUDA grid's first axis (one per row); "
+                         f"split the call")
+    if vocab_blocks > MAX_GRID_VOCAB_BLOCKS:
+        raise ValueError(f"{vocab_blocks} vocabulary blocks exceed the {MAX_GRID_VOCAB_BLOCKS} of a CUDA grid's second "
+                         f"axis; pass a larger block_size")
+
+
 def check_device(logits: torch.Tensor) -> None:
     if logits.device.type == "cpu" and not interpreter_active():
         raise ValueError(
@@ -228,6 +243,7 @@ def launch_logits_grad(
         raise RuntimeError("entropy gradient requested but the forward did not compute the entropy")
     cfg = vocab_launch_config(vocab, "bwd", block_size)
     grid = (rows, triton.cdiv(vocab, cfg.block))
+    check_grid(*grid)
     logits_grad_kernel[grid](
         dlogits, logits, labels, stats.maxz, stats.log_l, stats.logp, g,
         c if use_entropy else g, stats.entropy if use_entropy else g,
@@ -266,6 +282,7 @@ def launch_logprobs_fwd(
 ) -> RowStats:
     logits, rows, inner, so, si = row_layout(logits)
     vocab = logits.shape[-1]
+    check_grid(rows)
     stats = empty_row_stats(rows, logits.device, return_entropy)
     if rows:
         cfg = vocab_launch_config(vocab, "fwd", block_size)
