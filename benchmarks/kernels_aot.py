@@ -21,8 +21,9 @@ os.environ["TRITON_INTERPRET"] = "0"  # set before Triton loads: the interpreter
 import argparse
 import json
 import platform
+import re
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, TimeoutError, as_completed
 from dataclasses import asdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -68,7 +69,8 @@ def summary(rows: list[dict], config: str) -> list[str]:
         g = groups[key]
         kernel, dtype, block, warps, target = key
         ok = [r for r in g if r["ok"]]
-        failed = len(g) - len(ok)
+        failed = len([r for r in g if not r["ok"] and "budget" not in r["error"]])
+        late = len(g) - len(ok) - failed
         spills = max((r["spill_stores"] + r["spill_loads"] for r in ok), default=None)
         reads = _passes(r["logits_read_passes"] for r in ok)
         extra = {r["logits_extra_elements"] for r in ok if r["logits_extra_elements"]}
@@ -76,7 +78,8 @@ def summary(rows: list[dict], config: str) -> list[str]:
             reads += " + label"
         lines.append(
             f"| {kernel} | {dtype if kernel != 'gated_token' else '-'} | {block}/{warps} | sm_{target} | "
-            f"{len(g)}{f' ({failed} FAILED)' if failed else ''} | {_rng(r['regs'] for r in ok)} | "
+            f"{len(g)}{f' ({failed} FAILED)' if failed else ''}{f' ({late} not compiled in budget)' if late else ''} | "
+            f"{_rng(r['regs'] for r in ok)} | "
             f"{'-' if spills is None else spills} | {_rng(r['smem'] for r in ok)} | {reads} | "
             f"{_passes(r['logits_write_passes'] for r in ok)} |")
     return lines
@@ -87,6 +90,8 @@ def main() -> int:
     parser.add_argument("--default", action="store_true", help="default launch configs only (no --tune candidates)")
     parser.add_argument("--targets", default="", help="comma-separated compute capabilities (default: all ptxas supports)")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--budget-s", type=float, default=1800.0,
+                        help="wall-clock budget; specialisations not compiled by then are reported as such")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
 
@@ -99,17 +104,34 @@ def main() -> int:
     print(f"compiling {len(work)} specialisations for {', '.join(f'sm_{t}' for t in targets)} "
           f"with {args.jobs} processes ...", flush=True)
     rows = []
-    with ProcessPoolExecutor(args.jobs) as pool:
-        for i, row in enumerate(pool.map(_compile, work), 1):
-            rows.append(row)
+    pool = ProcessPoolExecutor(args.jobs)
+    futures = {pool.submit(_compile, w): w for w in work}
+    try:
+        for i, fut in enumerate(as_completed(futures, timeout=args.budget_s), 1):
+            rows.append(fut.result())
             if i % 20 == 0 or i == len(work):
                 print(f"  {i}/{len(work)}", flush=True)
-    failed = [r for r in rows if not r["ok"]]
+    except TimeoutError:
+        for fut, (spec, target) in futures.items():
+            if not fut.done():
+                rows.append({"spec": spec, "target": target, "ok": False,
+                             "error": f"not compiled within the {args.budget_s:.0f} s budget of this run"})
+        for proc in getattr(pool, "_processes", {}).values():  # a compile cannot be interrupted: stop its worker
+            proc.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+    order = {(json.dumps(s, sort_keys=True), t): i for i, (s, t) in enumerate(work)}
+    rows.sort(key=lambda r: order[(json.dumps(r["spec"], sort_keys=True), r["target"])])
+    timed_out = [r for r in rows if not r["ok"] and "budget" in r["error"]]
+    failed = [r for r in rows if not r["ok"] and r not in timed_out]
     spilled = [r for r in rows if r["ok"] and r["spec"]["config"] == "default" and (r["spill_stores"] or r["spill_loads"])]
     from triton.backends.nvidia.compiler import get_ptxas
 
     import subprocess
-    ptxas = subprocess.run([get_ptxas(90).path, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    def _version(cc):
+        out = subprocess.run([get_ptxas(cc).path, "--version"], capture_output=True, text=True).stdout
+        return re.search(r"release ([\d.]+)", out).group(1)
+
+    ptxas = ", ".join(f"sm_{t}: ptxas {_version(t)}" for t in targets)
     meta = {"triton": triton.__version__, "ptxas": ptxas, "host": platform.node(), "targets": targets,
             "gates": aot.distinct_gates(), "default_vocab": aot.DEFAULT_VOCAB,
             "tune_fwd": aot.TUNE_FWD, "tune_bwd": aot.TUNE_BWD}
@@ -131,9 +153,13 @@ def main() -> int:
               file=sys.stderr)
     for r in spilled:
         print(f"SPILL {r['spec']['kernel']} {r['spec']['label']} {r['spec']['dtype']} sm_{r['target']}", file=sys.stderr)
-    print(f"{len(rows) - len(failed)}/{len(rows)} compiled; {len(spilled)} default configs spill; "
+    if timed_out:
+        print(f"{len(timed_out)} specialisations not compiled within the budget: "
+              + ", ".join(sorted({f"{r['spec']['kernel']} block {r['spec']['block']}/{r['spec']['num_warps']} warps"
+                                  for r in timed_out})))
+    print(f"{len(rows) - len(failed) - len(timed_out)}/{len(rows)} compiled; {len(spilled)} default configs spill; "
           f"wrote {os.path.join(args.out, 'kernels_aot.json')}")
-    return 1 if failed or spilled else 0
+    return 1 if failed or spilled else 0  # tune candidates over budget are reported, not failures
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from rlplugins.kernels import aot  # noqa: E402  (no Triton import at module lev
 @pytest.fixture(scope="module")
 def ci_results() -> list[dict]:
     env = dict(os.environ, TRITON_INTERPRET="0")
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, stated (silences its warning)
     proc = subprocess.run([sys.executable, "-m", "rlplugins.kernels.aot", "--ci"], capture_output=True, text=True,
                           env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
