@@ -190,9 +190,9 @@ def build_provider(provider: str, name: str) -> Callable[[Inputs], torch.Tensor]
         if provider == "ours-composed":
             return lambda inp: _core_loss(name, kernels.token_logprobs(inp.leaf(), inp.labels, TEMPERATURE), inp, cfg)
         inplace = provider.endswith("inplace")
-        return lambda inp: kernels.fused_policy_loss(
-            inp.leaf(), inp.labels, inp.old, inp.adv, inp.mask, name, cfg, TEMPERATURE, agg_mode_for(name),
-            inplace_backward=inplace).loss
+        return lambda inp: agg_loss(kernels.fused_policy_loss(
+            inp.leaf(), inp.labels, inp.old, inp.adv, inp.mask, name, cfg, TEMPERATURE,
+            inplace_backward=inplace).token_loss, inp.mask, agg_mode_for(name))
     if provider == "liger":
         if name not in LIGER_LOSS_TYPE:
             return f"Liger has no {name} loss"
@@ -397,8 +397,10 @@ def tune(tokens: int, vocab: int, reps: int) -> list[dict]:
     inp = make_inputs(tokens, vocab, torch.device("cuda"))
     fn = build_provider("ours-fused-inplace", "maspo")
     rows = []
-    for kind, blocks, warps_list in (("FWD", (1024, 2048, 4096, 8192), (1, 2, 4, 8, 16)),
-                                     ("BWD", (1024, 2048, 4096, 8192), (4, 8, 16))):
+    from rlplugins.kernels import aot  # the candidates benchmarks/kernels_aot.py compiles ahead of time
+
+    for kind, cand in (("FWD", aot.TUNE_FWD), ("BWD", aot.TUNE_BWD)):
+        blocks, warps_list = cand["blocks"], cand["warps"]
         for block in blocks:
             for warps in warps_list:
                 os.environ[f"RLP_{kind}_BLOCK"], os.environ[f"RLP_{kind}_WARPS"] = str(block), str(warps)

@@ -5,7 +5,10 @@
     gated_token_loss(log_prob, old_log_prob, advantages, loss="maspo", config=...)
         -> (loss_t, dloss/dlogp)      one elementwise kernel for the whole gate family
     fused_policy_loss(logits, labels, old_log_prob, advantages, response_mask, loss="maspo", config=...)
-        -> FusedPolicyLossOutput(loss, log_prob, entropy)     logits in, scalar out (approach B)
+        -> FusedPolicyLossOutput(token_loss, log_prob, entropy)   logits in, per-token loss out (approach B)
+
+Kernels return per-token quantities; aggregation (veRL's modes, global batch counts, importance weights) is the
+core's ``rlplugins.losses.agg_loss``, and metrics come from the core too.
 
 Installed as ``rlplugins.kernels``; needs ``triton``. Functions take tensors and plain numbers (a config is
 read by field name: the core's dataclasses or a mapping). CUDA tensors, or CPU tensors under
@@ -13,16 +16,14 @@ read by field name: the core's dataclasses or a mapping). CUDA tensors, or CPU t
 ``backend="auto"`` (``rlplugins.losses.policy_loss_from_logits``).
 """
 
-from .fused_loss import AGG_MODES, FusedPolicyLossOutput, aggregate, fused_policy_loss
+from .fused_loss import FusedPolicyLossOutput, fused_policy_loss
 from .gated_loss import gated_token_loss
 from .gates import GateSpec, get_gate, has_gate, list_gates, register_gate
 from .logprobs import token_logprobs
 
 __all__ = [
-    "AGG_MODES",
     "FusedPolicyLossOutput",
     "GateSpec",
-    "aggregate",
     "fused_policy_loss",
     "gated_token_loss",
     "get_gate",

@@ -1,14 +1,15 @@
-"""Fused gated policy loss: logits in, scalar loss out, gradient to the logits, O(N) memory besides it.
+"""Fused gated policy loss: logits in, per-token loss out, gradient to the logits, O(N) memory besides it.
 
 Per valid token t (temperature T, x = z / T, p = softmax(x)):
 
-    logp_t = x_{t,y_t} - LSE_t,   (l_t, g_t) = gate(logp_t, logp_old_t, A_t),   L = agg(l * w_IS, mask)
+    logp_t = x_{t,y_t} - LSE_t,   (l_t, g_t) = gate(logp_t, logp_old_t, A_t)
     dL/dz_tj = (dL/dl_t g_t + dL/dlogp_t) (delta_{j,y_t} - p_tj) / T  -  dL/dH_t p_tj (log p_tj + H_t) / T
 
 Forward: one kernel streams each row once (online softmax) and evaluates the gate in its epilogue, storing
-l, g, logp, LSE [, H] (O(N)). Aggregation runs in torch on [N] tensors, so the upstream gradient of every
-token (including a ``grad_output`` != 1, gradient accumulation scales, any aggregation mode) arrives in
-backward as the per-token ``dL/dl_t``: no second pass over [N, V] to rescale a gradient computed in forward.
+l, g, logp, LSE [, H] (O(N)). The kernel returns the per-token loss; the caller aggregates it (the core with
+``rlplugins.losses.agg_loss``, the one copy of veRL's aggregation), so the upstream gradient of every token
+(including a ``grad_output`` != 1, gradient accumulation scales, any aggregation mode, importance weights)
+arrives in backward as the per-token ``dL/dl_t``: no second pass over [N, V] to rescale a gradient computed in forward.
 Backward: the shared gradient kernel of logprobs.py (1 read + 1 write, optionally into the logits buffer).
 Total traffic 2 reads + 1 write of the logits, the Triton floor (docs/kernels.md §2).
 
@@ -17,7 +18,7 @@ The gate is a ``tl.constexpr`` function argument (gates.py): one kernel body for
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -40,6 +41,7 @@ from .gates import get_gate
 from .logprobs import (
     RowStats,
     check_device,
+    check_grid,
     check_not_consumed,
     empty_row_stats,
     launch_logits_grad,
@@ -47,9 +49,6 @@ from .logprobs import (
     row_offset,
     row_softmax_stats,
 )
-
-AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-
 
 @triton.jit
 def _fused_gated_loss_fwd_kernel(
@@ -96,6 +95,7 @@ class FusedGatedTokenLossFunction(torch.autograd.Function):
                 ignore_index, block_size):
         logits_rows, rows, inner, so, si = row_layout(logits)
         vocab = logits_rows.shape[-1]
+        check_grid(rows)
         inv_temp = 1.0 / temperature
         dev = logits.device
         loss = torch.empty(rows, dtype=torch.float32, device=dev)
@@ -146,43 +146,13 @@ class FusedGatedTokenLossFunction(torch.autograd.Function):
 
 
 class FusedPolicyLossOutput(NamedTuple):
-    """``loss``: scalar float32. ``log_prob``: float32 [labels shape], 0 at masked positions, differentiable.
-    ``entropy``: float32 like ``log_prob`` (differentiable) when requested, else None."""
+    """``token_loss``: float32 per-token loss, shape of ``labels``, exactly 0 at masked positions, differentiable
+    (aggregate it, e.g. with ``rlplugins.losses.agg_loss``). ``log_prob``: float32, 0 at masked positions,
+    differentiable. ``entropy``: float32 like ``log_prob`` (differentiable) when requested, else None."""
 
-    loss: torch.Tensor
+    token_loss: torch.Tensor
     log_prob: torch.Tensor
     entropy: torch.Tensor | None
-
-
-AggFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, loss_agg_mode: str | AggFn) -> torch.Tensor:
-    """Aggregate a per-token loss with veRL's modes, micro-batch normalisation (no global counts).
-
-    This mirrors the core's ``rlplugins.losses.agg_loss`` without its global-batch arguments (tested equal to
-    it); pass a callable ``(loss_mat, mask) -> scalar`` (e.g. a ``functools.partial`` of the core's agg_loss
-    with ``global_batch_info``) for anything else. An all-masked batch gives exactly 0.
-    """
-    if callable(loss_agg_mode):
-        return loss_agg_mode(loss_mat, mask)
-    if loss_agg_mode not in AGG_MODES:
-        raise ValueError(f"loss_agg_mode must be one of {', '.join(AGG_MODES)} or a callable; got {loss_agg_mode!r}")
-    if loss_agg_mode.startswith("seq") and loss_mat.dim() != 2:
-        raise ValueError(f"loss_agg_mode {loss_agg_mode!r} needs [batch, resp_len] inputs, got {tuple(loss_mat.shape)}")
-    masked = torch.where(mask, loss_mat, torch.zeros_like(loss_mat))
-    if loss_agg_mode == "token-sum":
-        return masked.sum()
-    if loss_agg_mode == "token-mean":
-        return masked.sum() / mask.sum().clamp(min=1).to(masked.dtype)
-    tokens = mask.sum(-1)
-    seq = masked.sum(-1)
-    if loss_agg_mode == "seq-mean-token-mean":
-        seq = seq / tokens.clamp(min=1).to(seq.dtype)
-    loss = seq.sum() / (tokens > 0).sum().clamp(min=1).to(seq.dtype)
-    if loss_agg_mode == "seq-mean-token-sum-norm" and loss_mat.shape[-1]:  # zero-length responses: loss 0
-        loss = loss / loss_mat.shape[-1]
-    return loss
 
 
 def _require_rows(name: str, t: torch.Tensor, logits: torch.Tensor) -> None:
@@ -202,15 +172,13 @@ def fused_policy_loss(
     loss: str = "maspo",
     config: Any = None,
     temperature: float = 1.0,
-    loss_agg_mode: str | AggFn = "token-mean",
     return_entropy: bool = False,
     *,
-    rollout_is_weights: torch.Tensor | None = None,
     inplace_backward: bool = False,
     ignore_index: int = -100,
     block_size: int | None = None,
 ) -> FusedPolicyLossOutput:
-    """Gated policy loss straight from logits: ``L = agg(gate(logp, logp_old, A) * w_IS, mask)``.
+    """Per-token gated policy loss straight from logits: ``l_t = gate(logp_t, logp_old_t, A_t)``.
 
     ``logp = log_softmax(z / T)[y]`` is never materialised over the vocabulary; the gradient w.r.t. ``logits``
     is ``dL/dz_j = (dL/dl g)(delta_jy - p_j) / T`` with ``g = dl/dlogp`` from the gate (docs/kernels.md §1).
@@ -223,10 +191,8 @@ def fused_policy_loss(
         advantages: float, shape of ``labels`` (per-token; broadcast sequence advantages yourself).
         response_mask: bool or 0/1, shape of ``labels``: masked tokens get zero loss and an exactly zero gradient row.
         loss: gate name (``list_gates()``); config: its hyper-parameters (core config dataclass or mapping).
-        temperature: T >= 1e-6. loss_agg_mode: one of veRL's five modes (micro-batch counts) or a callable
-            ``(loss_mat, mask) -> scalar``.
+        temperature: T >= 1e-6.
         return_entropy: also return the per-token entropy (differentiable: an entropy bonus works).
-        rollout_is_weights: optional detached per-token weights multiplying the loss before aggregation.
         inplace_backward: write the gradient into ``logits`` (destroys them; saves one [N, V] buffer; refused for
             logits with overlapping memory).
 
@@ -239,7 +205,7 @@ def fused_policy_loss(
     check_device(logits)
     temperature = check_temperature(temperature)
     shape = logits.shape[:-1]
-    per_token = {"advantages": advantages, "rollout_is_weights": rollout_is_weights}
+    per_token = {"advantages": advantages}
     if old_log_prob is not None:
         per_token["old_log_prob"] = old_log_prob
     for name, t in per_token.items():
@@ -259,29 +225,16 @@ def fused_policy_loss(
     flat_labels = torch.where(flat_mask, labels64, torch.full_like(labels64, ignore_index))
     old = None if old_log_prob is None else old_log_prob.detach().reshape(-1).to(torch.float32).contiguous()
     adv = advantages.detach().reshape(-1).to(torch.float32).contiguous()
-    # One host sync for the value checks: finite per-token inputs and non-negative weights at valid positions.
+    # One host sync for the value check: finite per-token inputs at valid positions.
     finite = torch.isfinite(adv) if old is None else torch.isfinite(adv) & torch.isfinite(old)
-    negative = torch.zeros_like(flat_mask)
-    if rollout_is_weights is not None:
-        w_flat = rollout_is_weights.detach().reshape(-1)
-        finite &= torch.isfinite(w_flat)
-        negative = flat_mask & (w_flat < 0)
-    bad_value = flat_mask & ~finite
-    n_bad_value, n_negative = (torch.stack([bad_value.sum(), negative.sum()]).tolist() if flat_mask.numel() else (0, 0))
+    n_bad_value = int((flat_mask & ~finite).sum()) if flat_mask.numel() else 0
     if n_bad_value:
-        raise ValueError(f"{n_bad_value} valid position(s) hold non-finite old_log_prob/advantages/rollout_is_weights")
-    if n_negative:
-        raise ValueError(f"rollout_is_weights must be >= 0 at valid positions (a negative importance weight flips the "
-                         f"sign of the loss); {n_negative} are negative")
+        raise ValueError(f"{n_bad_value} valid position(s) hold non-finite old_log_prob/advantages")
 
     loss_t, logp, ent = FusedGatedTokenLossFunction.apply(
         logits, flat_labels.contiguous(), old, adv, spec.fn, params, temperature, bool(return_entropy),
         bool(inplace_backward), int(ignore_index), block_size,
     )
     check_finite_rows(logp.detach(), ent.detach() if return_entropy else None, flat_mask)
-    loss_mat = loss_t.view(shape)
-    if rollout_is_weights is not None:
-        w = rollout_is_weights.detach().to(torch.float32)
-        loss_mat = loss_mat * torch.where(mask, w, torch.zeros_like(w))
-    total = aggregate(loss_mat, mask, loss_agg_mode)
-    return FusedPolicyLossOutput(total, logp.view(shape), ent.view(shape) if return_entropy else None)
+    # Masked rows were launched as ignored: the kernel stored l = logp = H = 0 and their gradient row is 0.
+    return FusedPolicyLossOutput(loss_t.view(shape), logp.view(shape), ent.view(shape) if return_entropy else None)

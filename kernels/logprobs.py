@@ -176,25 +176,40 @@ def logits_grad_kernel(
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     cmask = cols < V
     label = tl.load(LABELS + row)
+    # One load site and one store site (tests/kernels/test_aot.py counts them in the PTX): an ignored row's
+    # load is masked off entirely (no memory traffic) and its gradient forced to exactly 0.
+    used = cols < tl.where(label != ignore_index, V, 0)
+    row_ptr = LOGITS + row_offset(row, INNER, STRIDE_OUTER, STRIDE_INNER)
+    z = tl.load(row_ptr + cols, mask=used, other=-float("inf")).to(tl.float32)
+    m = tl.load(MAXZ + row)
+    log_l = tl.load(LOGL + row)
+    g = tl.load(G + row)
+    logp_all = (z - m) * inv_temp - log_l
+    p = tl.exp(logp_all)
+    dz = tl.where(cols == label, g * one_minus_exp(tl.load(LOGP + row)), -g * p)
+    if ENTROPY:
+        c = tl.load(C + row)
+        h = tl.load(ENT + row)
+        # p = 0 (a -inf logit) contributes 0, not 0 * -inf.
+        dz -= c * p * tl.where(p > 0.0, logp_all + h, 0.0)
+    dz = tl.where(used, dz * inv_temp, 0.0)
     d_ptr = DLOGITS + row_offset(row, INNER, D_STRIDE_OUTER, D_STRIDE_INNER)
-    if label == ignore_index:
-        tl.store(d_ptr + cols, tl.zeros([BLOCK], dtype=DLOGITS.dtype.element_ty), mask=cmask)
-    else:
-        row_ptr = LOGITS + row_offset(row, INNER, STRIDE_OUTER, STRIDE_INNER)
-        z = tl.load(row_ptr + cols, mask=cmask, other=-float("inf")).to(tl.float32)
-        m = tl.load(MAXZ + row)
-        log_l = tl.load(LOGL + row)
-        g = tl.load(G + row)
-        logp_all = (z - m) * inv_temp - log_l
-        p = tl.exp(logp_all)
-        dz = tl.where(cols == label, g * one_minus_exp(tl.load(LOGP + row)), -g * p)
-        if ENTROPY:
-            c = tl.load(C + row)
-            h = tl.load(ENT + row)
-            # p = 0 (a -inf logit) contributes 0, not 0 * -inf.
-            dz -= c * p * tl.where(p > 0.0, logp_all + h, 0.0)
-        dz = to_storage(dz * inv_temp, DLOGITS.dtype.element_ty, BF16_RTNE_BY_HAND)
-        tl.store(d_ptr + cols, dz, mask=cmask)
+    tl.store(d_ptr + cols, to_storage(dz, DLOGITS.dtype.element_ty, BF16_RTNE_BY_HAND), mask=cmask)
+
+
+#: CUDA grid limits: axis 0 (one program per row) takes up to 2**31 - 1 programs, axis 1 (the gradient kernel's
+#: vocabulary blocks) up to 65,535. One sequence of any length is rows on axis 0, never a bound of its own.
+MAX_GRID_ROWS = 2**31 - 1
+MAX_GRID_VOCAB_BLOCKS = 65535
+
+
+def check_grid(rows: int, vocab_blocks: int = 1) -> None:
+    if rows > MAX_GRID_ROWS:
+        raise ValueError(f"{rows} rows exceed the {MAX_GRID_ROWS} programs of a CUDA grid's first axis (one per row); "
+                         f"split the call")
+    if vocab_blocks > MAX_GRID_VOCAB_BLOCKS:
+        raise ValueError(f"{vocab_blocks} vocabulary blocks exceed the {MAX_GRID_VOCAB_BLOCKS} of a CUDA grid's second "
+                         f"axis; pass a larger block_size")
 
 
 def check_device(logits: torch.Tensor) -> None:
@@ -228,6 +243,7 @@ def launch_logits_grad(
         raise RuntimeError("entropy gradient requested but the forward did not compute the entropy")
     cfg = vocab_launch_config(vocab, "bwd", block_size)
     grid = (rows, triton.cdiv(vocab, cfg.block))
+    check_grid(*grid)
     logits_grad_kernel[grid](
         dlogits, logits, labels, stats.maxz, stats.log_l, stats.logp, g,
         c if use_entropy else g, stats.entropy if use_entropy else g,
@@ -266,6 +282,7 @@ def launch_logprobs_fwd(
 ) -> RowStats:
     logits, rows, inner, so, si = row_layout(logits)
     vocab = logits.shape[-1]
+    check_grid(rows)
     stats = empty_row_stats(rows, logits.device, return_entropy)
     if rows:
         cfg = vocab_launch_config(vocab, "fwd", block_size)

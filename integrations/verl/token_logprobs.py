@@ -1,4 +1,5 @@
-"""Opt-in: route veRL 0.9.1's log-prob and entropy computation through ``rlplugins.kernels.token_logprobs``.
+"""Opt-in: route veRL 0.9.1's log-prob and entropy computation through rlplugins' logits path
+(``rlplugins.losses.logprobs_from_logits``, whose backend switch runs the Triton kernel ``token_logprobs`` on CUDA).
 
 Off by default. Enable it with the environment variable ``RLPLUGINS_VERL_TOKEN_LOGPROBS=1`` in every veRL
 process; on a Ray cluster forward it with::
@@ -61,12 +62,20 @@ def env_enabled() -> bool:
     return os.environ.get(ENV_VAR, "0").strip().lower() in ("1", "true", "yes", "on")
 
 
+def core_logprobs(logits, labels, temperature: float, return_entropy: bool, inplace_backward: bool):
+    """The core's backend switch (``rlplugins.losses.logprobs_from_logits``, ``backend="auto"``: the Triton kernel
+    for the CUDA tensors routed here), with ``token_logprobs``'s positional contract."""
+    from rlplugins.losses.from_logits import logprobs_from_logits
+
+    out = logprobs_from_logits(logits, labels, temperature=temperature, return_entropy=return_entropy,
+                               inplace_backward=inplace_backward, backend="auto")
+    return (out.log_prob, out.entropy) if return_entropy else out.log_prob
+
+
 def _kernel() -> Callable[..., Any]:
     impl = _state["impl"]
     if impl is None:
-        from rlplugins.kernels import token_logprobs
-
-        impl = _state["impl"] = token_logprobs
+        impl = _state["impl"] = core_logprobs
     return impl
 
 
@@ -118,7 +127,7 @@ def _call_kernel(logits, labels, return_entropy: bool, inplace_backward: bool):
 def _impl_name() -> str:
     impl = _state["impl"]
     if impl is None:
-        return "rlplugins.kernels.token_logprobs"
+        return "rlplugins.losses.logprobs_from_logits (Triton kernel on CUDA)"
     return getattr(impl, "__qualname__", None) or type(impl).__qualname__
 
 
@@ -192,7 +201,7 @@ def _rebind(old_for: Callable[[str], Any], new_for: Callable[[str], Any]) -> lis
 def install(*, impl: Callable[..., Any] | None = None, device_types: tuple[str, ...] = ("cuda",)) -> list[str]:
     """Route veRL's log-prob/entropy functions; returns the bindings replaced by this call (idempotent).
 
-    ``impl`` (default ``rlplugins.kernels.token_logprobs``) and ``device_types`` (default CUDA only) exist for
+    ``impl`` (default ``core_logprobs``: the core's backend switch, i.e. the Triton kernel on CUDA) and ``device_types`` (default CUDA only) exist for
     tests that stand a CPU implementation in for the kernel."""
     import importlib
     import importlib.util

@@ -88,13 +88,22 @@ def compute_policy_loss(
     valid = check_policy_inputs(log_prob, old_log_prob, advantages, response_mask, rollout_is_weights, names=names)
     if on_nonfinite not in ("raise", "mask"):
         raise ValueError(f"on_nonfinite must be 'raise' or 'mask', got {on_nonfinite!r}")
+    _check_floor(count_floor)
     owner = names.get("global_batch_info", "global_batch_info")
     gbi = normalize_global_batch_info(global_batch_info, owner=owner)
-    check_global_counts(gbi, valid, loss_agg_mode, owner=owner, floor=count_floor)
 
     dtype = _compute_dtype(log_prob)
-    lp, old, adv = log_prob.to(dtype), old_log_prob.detach().to(dtype), advantages.detach().to(dtype)
+    old, adv = old_log_prob.detach().to(dtype), advantages.detach().to(dtype)
     weights = rollout_is_weights.detach().to(dtype) if rollout_is_weights is not None else None
+    if spec.finite_safe:
+        fast = _fast_policy_loss(spec, cfg, log_prob, old, adv, weights, valid, loss_agg_mode, gbi)
+        if fast is not None:
+            loss, metrics, count = fast
+            if count is not None:
+                _raise_if_global_count_too_small(gbi, count, owner, count_floor)
+            return loss, metrics
+    check_global_counts(gbi, valid, loss_agg_mode, owner=owner, count_floor=count_floor)
+    lp = log_prob.to(dtype)
 
     with torch.no_grad():
         finite = torch.isfinite(lp) & torch.isfinite(old) & torch.isfinite(adv)
@@ -126,6 +135,20 @@ def compute_policy_loss(
     loss = agg_loss(loss_mat, valid, loss_agg_mode, **gbi)
     metrics = _metrics(tok, lp.detach(), old, adv, valid, n_bad)
     return loss, metrics
+
+
+def policy_metrics(name: str, config: PolicyLossConfig | Mapping[str, Any] | None, log_prob: torch.Tensor,
+                   old_log_prob: torch.Tensor, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+    """The metrics of ``compute_policy_loss`` from detached, already validated [B, T] tensors whose valid positions
+    are finite (e.g. a fused kernel's log-probs): the per-token terms once, without a graph or an aggregation."""
+    spec = get_policy_loss(name)
+    cfg = spec.make_config(config)
+    dtype = _compute_dtype(log_prob)
+    zero = torch.zeros((), dtype=dtype, device=log_prob.device)
+    with torch.no_grad():
+        lp, old, adv = (torch.where(valid, t.detach().to(dtype), zero) for t in (log_prob, old_log_prob, advantages))
+        tok = spec.fn(lp, old, adv, cfg, response_mask=valid)
+    return _metrics(tok, lp, old, adv, valid, 0)
 
 
 _GBI_KEYS = ("batch_num_tokens", "global_batch_size", "dp_size", "loss_scale_factor")
@@ -195,27 +218,40 @@ def _scalar(where: str, value: Any) -> float:
 COUNT_FLOORS = ("local", "nonzero")
 
 
+def _local_count(gbi: Mapping[str, Any], valid: torch.Tensor, loss_agg_mode: str) -> tuple[str, str, torch.Tensor] | None:
+    """(gbi key, what it counts, this call's own count as a tensor) for the global count the mode uses, or None."""
+    if loss_agg_mode == "token-mean" and "batch_num_tokens" in gbi:
+        return "batch_num_tokens", "valid tokens", valid.sum()
+    if loss_agg_mode.startswith("seq") and "global_batch_size" in gbi:
+        local = (valid.sum(-1) > 0).sum() if valid.dim() == 2 else valid.new_zeros((), dtype=torch.int64)
+        return "global_batch_size", "sequences with a valid token", local
+    return None
+
+
 def check_global_counts(gbi: Mapping[str, Any], valid: torch.Tensor, loss_agg_mode: str,
-                        owner: str = "global_batch_info", floor: str = "local") -> None:
+                        owner: str = "global_batch_info", count_floor: str = "local") -> None:
     """Refuse a global count that cannot be right for this call.
 
-    ``floor="local"`` (veRL: counts summed over micro-batches and data-parallel ranks): a count smaller than this
-    call's own would scale the loss up, or, at 0, silently skip a step with valid tokens. ``floor="nonzero"``
+    ``count_floor="local"`` (veRL: counts summed over micro-batches and data-parallel ranks): a count smaller than this
+    call's own would scale the loss up, or, at 0, silently skip a step with valid tokens. ``count_floor="nonzero"``
     (OpenRLHF 0.11: ``iter_grad_accum_global_norm`` divides the step's counts by the gradient-accumulation steps
     to pre-compensate DeepSpeed's ``1/gas``, so one micro-batch may hold more than the count): only a count of 0
     while this call has valid tokens is refused.
     """
-    if floor not in COUNT_FLOORS:
-        raise ValueError(f"floor must be one of {COUNT_FLOORS}, got {floor!r}")
-    if loss_agg_mode == "token-mean" and "batch_num_tokens" in gbi:
-        local, key = valid.sum(), "batch_num_tokens"
-        what = "valid tokens"
-    elif loss_agg_mode.startswith("seq") and "global_batch_size" in gbi:
-        local, key = (valid.sum(-1) > 0).sum() if valid.dim() == 2 else valid.new_zeros(()), "global_batch_size"
-        what = "sequences with a valid token"
-    else:
-        return
-    n_local = int(local)
+    _check_floor(count_floor)
+    found = _local_count(gbi, valid, loss_agg_mode)
+    if found is not None:
+        _raise_if_global_count_too_small(gbi, (found[0], found[1], int(found[2])), owner, count_floor)
+
+
+def _check_floor(count_floor: str) -> None:
+    if count_floor not in COUNT_FLOORS:
+        raise ValueError(f"count_floor must be one of {COUNT_FLOORS}, got {count_floor!r}")
+
+
+def _raise_if_global_count_too_small(gbi: Mapping[str, Any], count: tuple[str, str, int], owner: str,
+                                     floor: str = "local") -> None:
+    key, what, n_local = count
     if floor == "nonzero":
         if n_local > 0 and _scalar(key, gbi[key]) <= 0:
             raise ValueError(f"{_where(owner, key)}={gbi[key]!r} while this call has {n_local} {what}: the step would "
@@ -224,6 +260,86 @@ def check_global_counts(gbi: Mapping[str, Any], valid: torch.Tensor, loss_agg_mo
     if _scalar(key, gbi[key]) < n_local:
         raise ValueError(f"{_where(owner, key)}={gbi[key]!r} is smaller than the {n_local} {what} of this call; it must "
                          f"count the whole global batch (all micro-batches and data-parallel ranks)")
+
+
+def _fast_policy_loss(spec, cfg, log_prob: torch.Tensor, old: torch.Tensor, adv: torch.Tensor,
+                      weights: torch.Tensor | None, valid: torch.Tensor, loss_agg_mode: str,
+                      gbi: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float], tuple | None] | None:
+    """The loss and every metric with one host sync and one masking copy (of the advantages); None when an input
+    holds a non-finite value (the caller then takes the exact path, which reports or drops those tokens).
+
+    Why it is exact: with every input finite and A = 0 at masked positions, a built-in loss gives finite values and
+    derivatives there (``spec.finite_safe``), so ``agg_loss``'s where() passes them exactly zero upstream gradient,
+    and 0 times a finite derivative is 0: the gradient is exactly zero at masked positions, and at valid positions
+    every operation is the masked path's, bit for bit. One read-only reduction, ``sum(logp - logp_old) + sum(A)``
+    (+ ``sum(w)``), is non-finite iff an element is (or a difference overflows, which also takes the exact path):
+    it replaces the per-position finiteness scan and the masking copies of log_prob and old_log_prob."""
+    dtype = old.dtype
+    zero = torch.zeros((), dtype=dtype, device=old.device)
+    lp = log_prob.to(dtype)
+    adv_masked = torch.where(valid, adv, zero)
+    tok = spec.fn(lp, old, adv_masked, cfg, response_mask=valid)
+    loss_mat = tok.loss if weights is None else tok.loss * weights
+    loss = agg_loss(loss_mat, valid, loss_agg_mode, **gbi)
+    with torch.no_grad():
+        log_ratio = lp.detach() - old
+        probe = log_ratio.sum() + adv.sum()
+        if weights is not None:
+            probe = probe + weights.sum()
+        count = _local_count(gbi, valid, loss_agg_mode)
+        values = _metric_tensors(tok, log_ratio, adv_masked, valid)
+        extra = [probe.to(dtype)] + ([count[2].to(dtype)] if count is not None else [])
+        floats = torch.cat([values, torch.stack(extra)]).tolist()  # the one host sync
+    if not math.isfinite(floats[len(_FAST_METRICS)]):
+        return None
+    metrics = dict(zip(_FAST_METRICS, floats))
+    if metrics["valid_tokens"] == 0:  # no valid token: min/max are undefined; report neutral values rather than +-inf
+        metrics.update(ratio_max=0.0, gate_min=1.0)
+    metrics["nonfinite_tokens"] = 0.0
+    return loss, metrics, (count[0], count[1], int(floats[-1])) if count is not None else None
+
+
+_FAST_METRICS = ("ppo_kl", "ratio_mean", "ratio_max", "gate_mean", "gate_min", "damp_frac", "eff_weight_mean",
+                 "quad_pos_frac", "quad_neg_frac", "pg_clipfrac", "pg_clipfrac_lower", "valid_tokens")
+
+
+def _metric_tensors(tok: TokenLoss, log_ratio: torch.Tensor, adv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The ``_FAST_METRICS`` as one tensor, for finite inputs, with ``adv`` zero at masked positions.
+
+    Sums over valid tokens are dot products with the float mask (a read, no write); counts are ``count_nonzero`` on
+    bools (no int64 copy); flags that involve ``A > 0`` / ``A < 0`` exclude masked positions already (A = 0 there);
+    ``eff_weight_mean`` is a NaN-skipping sum of ``|g / A|`` (0/0 = NaN exactly where A = 0, masked included).
+    The divisions run once on the stacked sums."""
+    dtype, device = log_ratio.dtype, log_ratio.device
+    vf = valid.reshape(-1).to(dtype)
+    zero = torch.zeros((), dtype=dtype, device=device)
+
+    def vsum(x: torch.Tensor) -> torch.Tensor:
+        return torch.dot(x.reshape(-1).to(dtype), vf)
+
+    def count(flags: torch.Tensor) -> torch.Tensor:
+        return torch.count_nonzero(flags).to(dtype)
+
+    ratio, gate = tok.ratio.to(dtype), tok.gate.to(dtype)
+    n = count(valid)
+    nums = torch.stack([
+        -vsum(torch.clamp(log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)),
+        vsum(ratio),
+        torch.where(valid, ratio, zero).amax() if ratio.numel() else zero,  # ratio > 0
+        vsum(gate),
+        torch.where(valid, gate, torch.full((), math.inf, dtype=dtype, device=device)).amin() if gate.numel() else zero,
+        count((gate < 0.5) & valid),
+        torch.nansum((tok.grad_logp.to(dtype) / adv).abs()),
+        count((adv > 0) & (ratio > 1)),
+        count((adv < 0) & (ratio < 1)),
+        count(tok.clipped & valid) if tok.clipped is not None else zero,
+        count(tok.clipped_lower & valid) if tok.clipped_lower is not None else zero,
+        n,
+    ])
+    one = torch.ones((), dtype=dtype, device=device)
+    denom = n.clamp(min=1)
+    dens = torch.stack([denom, denom, one, denom, one, denom, count(adv).clamp(min=1), denom, denom, denom, denom, one])
+    return nums / dens
 
 
 def _metrics(

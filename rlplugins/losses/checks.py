@@ -9,7 +9,7 @@ import torch
 
 from ..tensor_checks import as_bool_mask, describe, first_index, require_float, require_like, require_tensor
 
-__all__ = ["as_bool_mask", "check_policy_inputs", "first_index", "require_float", "require_like", "require_tensor"]
+__all__ = ["as_bool_mask", "check_policy_inputs", "check_rollout_weights", "first_index", "require_float", "require_like", "require_tensor"]
 
 
 def check_policy_inputs(
@@ -38,12 +38,25 @@ def check_policy_inputs(
     require_like(n["response_mask"], mask, n["log_prob"], lp)
     valid = as_bool_mask(n["response_mask"], mask)
     if rollout_is_weights is not None:
-        w = require_tensor(n["rollout_is_weights"], rollout_is_weights, allow_meta=True)
-        require_float(n["rollout_is_weights"], w)
-        require_like(n["rollout_is_weights"], w, n["log_prob"], lp)
-        negative = valid & (w < 0)
-        if bool(negative.any()):
-            raise ValueError(f"{n['rollout_is_weights']} must be >= 0 at valid positions (a negative importance weight "
-                             f"flips the sign of the loss); {int(negative.sum())} are negative, first at index "
-                             f"{first_index(negative)}")
+        check_rollout_weights(rollout_is_weights, lp, valid, name=n["rollout_is_weights"], ref_name=n["log_prob"])
     return valid
+
+
+def check_rollout_weights(weights: object, ref: torch.Tensor, valid: torch.Tensor, *, name: str = "rollout_is_weights",
+                          ref_name: str = "log_prob", finite: bool = False) -> torch.Tensor:
+    """A float tensor shaped like ``ref``, >= 0 at valid positions (and finite there with ``finite=True``: for
+    callers that do not scan it with the other inputs). One host sync."""
+    w = require_tensor(name, weights, allow_meta=True)
+    require_float(name, w)
+    require_like(name, w, ref_name, ref)
+    negative = valid & (w < 0)
+    nonfinite = valid & ~torch.isfinite(w) if finite else torch.zeros_like(valid)
+    n_negative, n_nonfinite = torch.stack([negative.sum(), nonfinite.sum()]).tolist() if valid.numel() else (0, 0)
+    if n_nonfinite:
+        raise ValueError(f"{name} holds non-finite values at {n_nonfinite} valid position(s), first at index "
+                         f"{first_index(nonfinite)}")
+    if n_negative:
+        raise ValueError(f"{name} must be >= 0 at valid positions (a negative importance weight "
+                         f"flips the sign of the loss); {n_negative} are negative, first at index "
+                         f"{first_index(negative)}")
+    return w

@@ -15,7 +15,7 @@ from .token_loss import TokenLoss, clamped_log_ratio
 
 @register_policy_loss(
     "cispo",
-    config_cls=CispoConfig,
+    config_cls=CispoConfig, finite_safe=True,
     formula="-sg(clip(r, 1-eps_low, 1+eps_high)) A logp",
     description="CISPO (arXiv 2506.13585): clipped detached IS weight times A logp",
 )

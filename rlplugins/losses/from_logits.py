@@ -12,8 +12,9 @@ Backends (none materialises a float32 [tokens x vocab] log-softmax):
 - ``"auto"``: ``"triton"`` for CUDA tensors when Triton is installed, otherwise ``"torch"``.
 
 The gate math is defined once, in this package's per-token losses; the Triton gates are transcriptions
-tested elementwise against them (tests/kernels/test_gates.py). Metrics always come from
-``compute_policy_loss`` on the (detached) log-probs, so they mean the same thing on every backend.
+tested elementwise against them (tests/kernels/test_gates.py). Aggregation is always the core's ``agg_loss`` and
+metrics always come from the core's per-token terms on the (detached) log-probs, so they mean the same thing on
+every backend; each input is validated once on each path.
 Triton is imported only when the Triton backend is used.
 """
 
@@ -27,7 +28,8 @@ from typing import Any, Mapping, NamedTuple
 import torch
 
 from .aggregation import agg_loss
-from .api import normalize_global_batch_info, compute_policy_loss
+from .api import check_global_counts, compute_policy_loss, normalize_global_batch_info, policy_metrics
+from .checks import check_rollout_weights
 from ..tensor_checks import as_bool_mask, check_labels, check_temperature, require_tensor
 from .chunked_logprobs import chunked_token_logprobs
 from .config import PolicyLossConfig
@@ -151,8 +153,6 @@ def policy_loss_from_logits(
     if response_mask.device != logits.device:
         raise ValueError(f"response_mask is on {response_mask.device} but logits is on {logits.device}")
     mask = as_bool_mask("response_mask", response_mask)
-    # Labels are read only where response_mask is set; there, -100 (ignore_index) or an out-of-range id is an error.
-    check_labels(labels, logits, -100, valid=mask)
     temperature = check_temperature(temperature)
     gbi = normalize_global_batch_info(global_batch_info)
     chosen = resolve_backend(backend, logits.device)
@@ -164,24 +164,27 @@ def policy_loss_from_logits(
         if use_fused and not kernels.has_gate(name):
             raise ValueError(f"fused=True but loss {name!r} has no Triton gate; available: {', '.join(kernels.list_gates())}")
         if use_fused:
+            # The kernel validates logits, labels (where response_mask is set), old_log_prob and advantages once and
+            # returns per-token terms; the core multiplies the importance weights, aggregates and reports metrics.
             out = kernels.fused_policy_loss(
-                logits, labels, old_log_prob, advantages, mask, name, cfg, temperature,
-                functools.partial(agg_loss, loss_agg_mode=loss_agg_mode, **gbi), return_entropy,
-                rollout_is_weights=rollout_is_weights, inplace_backward=inplace_backward,
+                logits, labels, old_log_prob, advantages, mask, name, cfg, temperature, return_entropy,
+                inplace_backward=inplace_backward,
             )
             log_prob = out.log_prob.detach()
             old = log_prob if old_log_prob is None else old_log_prob
-            # Metrics (and the core's input validation, e.g. non-finite log-probs from NaN logits) from the
-            # torch loss on the [B, T] log-probs: O(B T), the same definitions on every backend.
-            _, metrics = compute_policy_loss(
-                name, log_prob=log_prob, old_log_prob=old, advantages=advantages, response_mask=mask,
-                loss_agg_mode=loss_agg_mode, config=cfg, rollout_is_weights=rollout_is_weights,
-                global_batch_info=gbi,
-            )
-            return LogitsPolicyLossOutput(out.loss, metrics, log_prob, out.entropy, "triton-fused")
+            loss_mat = out.token_loss
+            if rollout_is_weights is not None:
+                w = check_rollout_weights(rollout_is_weights, log_prob, mask, finite=True).detach().to(torch.float32)
+                loss_mat = loss_mat * torch.where(mask, w, torch.zeros((), dtype=w.dtype, device=w.device))
+            check_global_counts(gbi, mask, loss_agg_mode)
+            loss = agg_loss(loss_mat, mask, loss_agg_mode, **gbi)
+            metrics = policy_metrics(name, cfg, log_prob, old, advantages, mask)
+            return LogitsPolicyLossOutput(loss, metrics, log_prob, out.entropy, "triton-fused")
     elif fused:
         raise ValueError("fused=True needs backend='triton' (or 'auto' on CUDA)")
 
+    # Labels are read only where response_mask is set; there, -100 (ignore_index) or an out-of-range id is an error.
+    check_labels(labels, logits, -100, valid=mask)
     ignore_index = -100
     safe_labels = torch.where(mask, labels, torch.full_like(labels, ignore_index))
     lp = logprobs_from_logits(

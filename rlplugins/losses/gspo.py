@@ -19,7 +19,7 @@ from .token_loss import TokenLoss
 
 @register_policy_loss(
     "gspo",
-    config_cls=GspoConfig,
+    config_cls=GspoConfig, finite_safe=True,
     formula="max(-A s, -A clip(s, 1-eps_low, 1+eps_high)), s = sg(exp(mean_t log r)) exp(logp - sg(logp))",
     description="GSPO (arXiv 2507.18071): sequence-level ratio, token straight-through",
     elementwise=False,

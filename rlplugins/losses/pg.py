@@ -9,7 +9,7 @@ from .registry import register_policy_loss
 from .token_loss import TokenLoss, clamped_log_ratio
 
 
-@register_policy_loss("pg", config_cls=PgConfig, formula="-A logp", description="vanilla policy gradient (REINFORCE)")
+@register_policy_loss("pg", config_cls=PgConfig, finite_safe=True, formula="-A logp", description="vanilla policy gradient (REINFORCE)")
 def pg_token_loss(log_prob, old_log_prob, advantages, config: PgConfig, **_: object) -> TokenLoss:
     loss = -advantages * log_prob
     with torch.no_grad():

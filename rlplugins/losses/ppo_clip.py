@@ -21,27 +21,31 @@ _FORMULA = "max(-A r, -A clip(r, 1-eps_low, 1+eps_high)); A<0: min(., -c A) with
 def _ppo_clip(log_prob, old_log_prob, advantages, config: PpoClipConfig, **_: object) -> TokenLoss:
     log_ratio, passes = clamped_log_ratio(log_prob, old_log_prob)
     ratio = torch.exp(log_ratio)
-    unclipped_loss = -advantages * ratio
-    clipped_loss = -advantages * torch.clamp(ratio, 1 - config.eps_low, 1 + config.eps_high)
-    loss = torch.maximum(unclipped_loss, clipped_loss)
+    neg_adv = -advantages
+    unclipped_loss = neg_adv * ratio
+    clipped_loss = neg_adv * torch.clamp(ratio, 1 - config.eps_low, 1 + config.eps_high)
     with torch.no_grad():
         clipped = clipped_loss > unclipped_loss
+    # = max(unclipped, clipped) in value; where() routes the whole gradient through the unclipped term at a tie
+    # (inside the clip range both terms are -A r, and maximum's backward would split it in two equal halves that
+    # sum to the same bits), and its backward is a single select instead of maximum's masks.
+    loss = torch.where(clipped, clipped_loss, unclipped_loss)
+    with torch.no_grad():
         r = ratio.detach()
-        active = passes & ~clipped
-        grad = torch.where(active, -advantages * r, torch.zeros_like(r))
+        grad = torch.where(passes & ~clipped, unclipped_loss.detach(), torch.zeros((), dtype=r.dtype, device=r.device))
         gate = (~clipped).to(r.dtype)
     loss, grad, gate, hit = apply_dual_clip(loss, advantages, grad, gate, config.dual_clip)
     return TokenLoss(loss=loss, grad_logp=grad, gate=gate, ratio=r, clipped=clipped, clipped_lower=hit)
 
 
 register_policy_loss(
-    "ppo_clip", config_cls=PpoClipConfig, formula=_FORMULA, description="PPO/GRPO clipped surrogate"
+    "ppo_clip", config_cls=PpoClipConfig, finite_safe=True, formula=_FORMULA, description="PPO/GRPO clipped surrogate"
 )(_ppo_clip)
 register_policy_loss(
-    "clip_higher", config_cls=ClipHigherConfig, formula=_FORMULA, description="DAPO clip-higher (eps_high=0.28)"
+    "clip_higher", config_cls=ClipHigherConfig, finite_safe=True, formula=_FORMULA, description="DAPO clip-higher (eps_high=0.28)"
 )(_ppo_clip)
 register_policy_loss(
-    "dual_clip", config_cls=DualClipConfig, formula=_FORMULA, description="dual-clip PPO (c=3), veRL's vanilla"
+    "dual_clip", config_cls=DualClipConfig, finite_safe=True, formula=_FORMULA, description="dual-clip PPO (c=3), veRL's vanilla"
 )(_ppo_clip)
 
 ppo_clip_token_loss = _ppo_clip

@@ -27,6 +27,10 @@ class PolicyLossSpec:
     description: str = ""
     # False for losses that couple the tokens of a sequence (gspo): they need response_mask and [B, T].
     elementwise: bool = True
+    # True when, on finite inputs with A = 0, the loss's values and derivatives are finite at every position (all
+    # built-ins: ratios are clamped before exp): compute_policy_loss then skips the masking copies of log_prob and
+    # old_log_prob and the per-position finiteness scan. Custom losses default to the fully masked path.
+    finite_safe: bool = False
 
     def make_config(self, config: PolicyLossConfig | Mapping[str, Any] | None = None) -> PolicyLossConfig:
         """Defaults for None, validation for a mapping, a type check for an instance."""
@@ -57,10 +61,13 @@ def register_policy_loss(
     formula: str = "",
     description: str = "",
     elementwise: bool = True,
+    finite_safe: bool = False,
     overwrite: bool = False,
 ) -> Callable[[TokenLossFn], TokenLossFn]:
     """Decorator adding a per-token loss to the registry.
 
+    ``finite_safe=True`` declares the function finite on finite inputs with A = 0 (see PolicyLossSpec), which
+    lets compute_policy_loss take its cheaper path.
     Re-registering the same function (a module imported twice) is a no-op; registering a different
     function under a taken name raises unless ``overwrite=True`` (veRL silently overwrites; we do not).
     """
@@ -78,7 +85,7 @@ def register_policy_loss(
         if existing is not None and not same and not overwrite:
             raise ValueError(f"policy loss {name!r} is already registered by {existing.fn.__module__}; "
                              f"pass overwrite=True to replace it")
-        _REGISTRY[name] = PolicyLossSpec(name, fn, config_cls, formula, description, elementwise)
+        _REGISTRY[name] = PolicyLossSpec(name, fn, config_cls, formula, description, elementwise, finite_safe)
         return fn
 
     return decorator

@@ -15,7 +15,7 @@ from .token_loss import TokenLoss, clamped_log_ratio
 
 @register_policy_loss(
     "sapo",
-    config_cls=SapoConfig,
+    config_cls=SapoConfig, finite_safe=True,
     formula="-(4/tau) sigmoid(tau (r-1)) A, tau = tau_pos if A>0 else tau_neg",
     description="SAPO (arXiv 2511.20347): bilateral sigmoid soft gate",
 )

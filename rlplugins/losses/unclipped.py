@@ -15,7 +15,7 @@ from .token_loss import TokenLoss, clamped_log_ratio
 
 @register_policy_loss(
     "unclipped",
-    config_cls=UnclippedConfig,
+    config_cls=UnclippedConfig, finite_safe=True,
     formula="-A r",
     description="unclipped importance-weighted surrogate (the no-gate control)",
 )

@@ -98,7 +98,7 @@ def test_a_count_floor_of_nonzero_takes_prescaled_counts_but_not_zero():
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match=r"\['batch_num_tokens'\]=0 while this call has 8 valid tokens"):
         compute_policy_loss("ppo_clip", global_batch_info={"batch_num_tokens": 0}, count_floor="nonzero", **_batch())
-    with pytest.raises(ValueError, match=r"floor must be one of \('local', 'nonzero'\), got 'none'"):
+    with pytest.raises(ValueError, match=r"count_floor must be one of \('local', 'nonzero'\), got 'none'"):
         compute_policy_loss("ppo_clip", global_batch_info={"batch_num_tokens": 8}, count_floor="none", **_batch())
 
 

@@ -1,9 +1,9 @@
-"""fused_policy_loss (logits in, scalar out) against the core composed in float64:
+"""fused_policy_loss (logits in, per-token loss out, aggregated with the core's agg_loss) against the core composed
+in float64:
 log_softmax -> gather -> compute_policy_loss, with autograd down to the logits. Tolerances: _helpers.py."""
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import pathlib
 
@@ -12,8 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlplugins.kernels import AGG_MODES, aggregate, fused_policy_loss, list_gates
-from rlplugins.losses import agg_loss, compute_policy_loss, get_policy_loss
+from rlplugins.kernels import fused_policy_loss, list_gates
+from rlplugins.losses import AGG_MODES, agg_loss, compute_policy_loss, get_policy_loss
 
 _spec = importlib.util.spec_from_file_location("_kernel_helpers", pathlib.Path(__file__).with_name("_helpers.py"))
 H = importlib.util.module_from_spec(_spec)
@@ -64,13 +64,19 @@ def _fused(c, inplace=False, scale=1.0):
     base = c["logits"].clone().requires_grad_()
     z = base * 1 if inplace else base
     out = fused_policy_loss(z, c["labels"], c["old"], c["adv"], c["mask"], c["name"], c["config"], c["temperature"],
-                            c["mode"], return_entropy=c["entropy_coef"] > 0, rollout_is_weights=c["weights"],
-                            inplace_backward=inplace, block_size=c["block"])
-    total = out.loss
+                            return_entropy=c["entropy_coef"] > 0, inplace_backward=inplace, block_size=c["block"])
+    assert bool((out.token_loss[~c["mask"]] == 0).all())
+    total = _agg(out, c["mask"], c["mode"], c["weights"])
     if c["entropy_coef"] > 0:
         total = total - c["entropy_coef"] * torch.where(c["mask"], out.entropy, 0).sum() / c["mask"].sum().clamp(min=1)
     (scale * total).backward()
     return out, total.detach(), base.grad
+
+
+def _agg(out, mask, mode="token-mean", weights=None):
+    """The core's aggregation of the kernel's per-token loss (what policy_loss_from_logits does)."""
+    loss_mat = out.token_loss if weights is None else out.token_loss * weights
+    return agg_loss(loss_mat, mask, mode)
 
 
 def _reference(c):
@@ -93,7 +99,7 @@ def _reference(c):
 def test_loss_and_dlogits_match_the_core_composed_in_float64(c):
     out, total, grad = _fused(c)
     ref_total, lp64, old, ref_grad = _reference(c)
-    assert out.loss.dtype == torch.float32 and out.loss.dim() == 0
+    assert out.token_loss.dtype == torch.float32 and out.token_loss.shape == c["mask"].shape
     H.assert_values_close(total, ref_total, H.loss_atol(ref_total, lp64), "loss")
     lp64 = lp64.detach()
     H.assert_values_close(torch.where(c["mask"], out.log_prob, 0), torch.where(c["mask"], lp64, 0), 1e-5, "log_prob")
@@ -134,15 +140,17 @@ def test_masked_garbage_never_reaches_loss_or_gradient_and_all_masked_is_zero():
     adv = torch.tensor([[1.0, float("nan"), 2.0], [0.5, 0.5, 0.5]])
     mask = torch.tensor([[True, False, False], [False, False, False]])
     out = fused_policy_loss(logits, labels, old, adv, mask, "sapo", get_policy_loss("sapo").make_config(None))
-    out.loss.backward()
-    assert torch.isfinite(out.loss) and bool(torch.isfinite(logits.grad).all())
+    loss = _agg(out, mask)
+    loss.backward()
+    assert torch.isfinite(loss) and bool(torch.isfinite(logits.grad).all())
     assert bool((logits.grad[0, 1:] == 0).all()) and bool((logits.grad[1] == 0).all())
     none = torch.zeros_like(mask)
     for mode in AGG_MODES:
         logits.grad = None
-        out = fused_policy_loss(logits, labels, old, adv, none, "pg", None, loss_agg_mode=mode)
-        out.loss.backward()
-        assert float(out.loss.detach()) == 0.0 and bool((logits.grad == 0).all())
+        out = fused_policy_loss(logits, labels, old, adv, none, "pg", None)
+        loss = _agg(out, none, mode)
+        loss.backward()
+        assert float(loss.detach()) == 0.0 and bool((logits.grad == 0).all())
 
 
 def test_flat_token_layout_and_on_policy_ratio_one():
@@ -156,30 +164,26 @@ def test_flat_token_layout_and_on_policy_ratio_one():
     for name in ("maspo", "pg"):
         z = logits.clone().requires_grad_()
         out = fused_policy_loss(z, labels, None, adv, mask, name, get_policy_loss(name).make_config(None))
-        out.loss.backward()
+        _agg(out, mask).backward()
         grads[name] = z.grad
     torch.testing.assert_close(grads["maspo"], grads["pg"], rtol=1e-6, atol=1e-8)
 
 
-@given(st.integers(1, 5), st.integers(1, 6), st.integers(0, 2**31 - 1), st.sampled_from(AGG_MODES))
-def test_aggregate_equals_the_core_agg_loss(b, t, seed, mode):
-    g = torch.Generator().manual_seed(seed)
-    loss = torch.randn(b, t, generator=g, dtype=torch.float64)
-    mask = torch.rand(b, t, generator=g) < 0.6
-    torch.testing.assert_close(aggregate(loss, mask, mode), agg_loss(loss, mask, mode), rtol=1e-12, atol=1e-12)
-
-
-def test_callable_aggregation_carries_global_batch_info():
+def test_aggregation_with_global_batch_info_scales_the_per_token_gradient():
+    """Aggregation lives in the core: any mode or global count reaches the kernel as the per-token dL/dl."""
     g = torch.Generator().manual_seed(3)
-    logits = torch.randn(2, 4, 30, generator=g, requires_grad=True)
+    logits = torch.randn(2, 4, 30, generator=g)
     labels = torch.randint(0, 30, (2, 4), generator=g)
     mask = torch.ones(2, 4, dtype=torch.bool)
     old = -torch.rand(2, 4, generator=g)
     adv = torch.randn(2, 4, generator=g)
-    agg = functools.partial(agg_loss, loss_agg_mode="token-mean", dp_size=4, batch_num_tokens=32)
-    out = fused_policy_loss(logits, labels, old, adv, mask, "pg", None, loss_agg_mode=agg)
-    local = fused_policy_loss(logits, labels, old, adv, mask, "pg", None, loss_agg_mode="token-mean")
-    torch.testing.assert_close(out.loss, local.loss * 8 * 4 / 32)
+    grads = []
+    for gbi in ({"dp_size": 4, "batch_num_tokens": 32}, {}):
+        z = logits.clone().requires_grad_()
+        out = fused_policy_loss(z, labels, old, adv, mask, "pg", None)
+        agg_loss(out.token_loss, mask, "token-mean", **gbi).backward()
+        grads.append(z.grad)
+    torch.testing.assert_close(grads[0], grads[1] * 8 * 4 / 32)
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -193,12 +197,8 @@ def test_bad_inputs_raise_clear_errors():
         fused_policy_loss(logits, labels + 10, x, x, mask, "pg")
     with pytest.raises(ValueError, match="non-finite"):
         fused_policy_loss(logits, labels, x, x.masked_fill(mask, float("nan")), mask, "pg")
-    with pytest.raises(ValueError, match="loss_agg_mode must be one of"):
-        fused_policy_loss(logits, labels, x, x, mask, "pg", loss_agg_mode="mean")
     with pytest.raises(ValueError, match=r"response_mask must contain only 0 and 1 \(or be bool\)"):
         fused_policy_loss(logits, labels, x, x, x + 0.5, "pg")
-    with pytest.raises(ValueError, match="seq-mean-token-mean.*needs \\[batch, resp_len\\]"):
-        fused_policy_loss(logits[0], labels[0], x[0], x[0], mask[0], "pg", loss_agg_mode="seq-mean-token-mean")
     with pytest.raises(ValueError, match="no Triton gate for loss 'gspo'"):
         fused_policy_loss(logits, labels, x, x, mask, "gspo")
 
@@ -245,7 +245,8 @@ def test_matches_liger_triton_grpo_loss_where_they_share_a_loss(liger_type, name
     loss_liger.backward()
     z_ours = full.clone().requires_grad_()
     out = fused_policy_loss(z_ours[:, :-1], ids, old, adv[:, None].expand(b, t).contiguous(), mask.bool(), name,
-                            get_policy_loss(name).make_config(None), 0.9, mode)
-    out.loss.backward()
-    torch.testing.assert_close(out.loss, loss_liger, rtol=1e-5, atol=1e-7)
+                            get_policy_loss(name).make_config(None), 0.9)
+    loss = _agg(out, mask.bool(), mode)
+    loss.backward()
+    torch.testing.assert_close(loss, loss_liger, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(z_ours.grad, z_liger.grad, rtol=1e-4, atol=1e-7)

@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlplugins.kernels import fused_policy_loss, gated_token_loss, token_logprobs
-from rlplugins.kernels.fused_loss import aggregate
 from rlplugins.losses import MaspoConfig, PpoClipConfig, SapoConfig, logprobs_from_logits, policy_loss_from_logits
 
 pytestmark = pytest.mark.interpreter
@@ -56,12 +55,11 @@ def test_narrow_and_complex_labels_are_rejected_by_the_kernels():
 
 
 # 5: negative importance weights ------------------------------------------------------------------------------
-def test_fused_kernel_rejects_negative_rollout_is_weights():
+def test_triton_path_rejects_negative_rollout_is_weights():
     x = _inputs()
     w = torch.ones(2, 3)
     w[0, 1] = -0.5
-    with pytest.raises(ValueError, match=r"rollout_is_weights must be >= 0 at valid positions"):
-        _fused(x, rollout_is_weights=w)
+    # The kernel returns per-token losses and takes no weights: the core multiplies and checks them, once.
     with pytest.raises(ValueError, match=r"rollout_is_weights must be >= 0 at valid positions"):
         policy_loss_from_logits("maspo", backend="triton", rollout_is_weights=w, **x)
 
@@ -142,7 +140,7 @@ def test_fused_kernel_rejects_nan_logits_at_valid_rows():
     with pytest.raises(ValueError, match=r"logits give a non-finite log-prob/entropy .* first at index \(5,\)"):
         _fused(x)
     x["response_mask"][1, 2] = False
-    assert torch.isfinite(_fused(x).loss)
+    assert torch.isfinite(_fused(x).token_loss).all()
 
 
 # 9: temperature ---------------------------------------------------------------------------------------------------
@@ -156,5 +154,4 @@ def test_kernels_validate_temperature_like_the_core(temperature, error):
 
 
 # 10: zero-length responses ------------------------------------------------------------------------------------------
-def test_kernel_aggregate_gives_zero_for_zero_length_responses():
-    assert aggregate(torch.zeros(3, 0), torch.zeros(3, 0, dtype=torch.bool), "seq-mean-token-sum-norm").item() == 0.0
+# The kernels no longer aggregate: the core's agg_loss (tests/core/test_hardening.py) is the one copy.
