@@ -294,42 +294,96 @@ def launch_logprobs_fwd(
     return stats
 
 
-class TokenLogprobsFunction(torch.autograd.Function):
-    """logits -> (logp, H); saves logits (by reference), labels and O(N) row statistics: nothing N x V."""
+# token_logprobs as torch.library custom ops: opaque to torch.compile (one call each, fake implementations for shapes,
+# a registered autograd formula); eager calls launch the same kernels.
+@torch.library.custom_op("rlplugins::token_logprobs", mutates_args=())
+def token_logprobs_op(logits: torch.Tensor, labels: torch.Tensor, temperature: float, return_entropy: bool,
+                      inplace_backward: bool, ignore_index: int, block_size: int | None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logp, entropy (zeros unless ``return_entropy``), max z, log l): logits -> O(N) row statistics, nothing
+    N x V. ``inplace_backward`` only selects the backward op."""
+    stats = launch_logprobs_fwd(logits, labels, 1.0 / temperature, ignore_index, return_entropy, block_size)
+    shape = logits.shape[:-1]
+    ent = stats.entropy.view(shape) if return_entropy else torch.zeros(shape, dtype=torch.float32,
+                                                                       device=logits.device)
+    return stats.logp.view(shape), ent, stats.maxz, stats.log_l
 
-    @staticmethod
-    def forward(ctx, logits, labels, temperature, return_entropy, inplace_backward, ignore_index, block_size):
-        logits_rows, _, _, _, _ = row_layout(logits)
-        inv_temp = 1.0 / temperature
-        stats = launch_logprobs_fwd(logits_rows, labels, inv_temp, ignore_index, return_entropy, block_size)
-        ctx.save_for_backward(logits_rows, labels, *stats)
-        ctx.inv_temp = inv_temp
-        ctx.return_entropy = return_entropy
-        ctx.inplace_backward = inplace_backward
-        ctx.ignore_index = ignore_index
-        ctx.block_size = block_size
-        ctx.consumed = False
-        ctx.set_materialize_grads(False)
-        shape = logits.shape[:-1]
-        if not return_entropy:
-            ent_out = torch.zeros(shape, dtype=torch.float32, device=logits.device)
-            ctx.mark_non_differentiable(ent_out)
-            return stats.logp.view(shape), ent_out
-        return stats.logp.view(shape), stats.entropy.view(shape)
 
-    @staticmethod
-    def backward(ctx, dlogp, dent):
-        logits, labels, *saved = ctx.saved_tensors
-        stats = RowStats(*saved)
-        check_not_consumed(ctx, "token_logprobs")
-        rows = labels.numel()
-        g = as_float_rows(dlogp, rows, logits.device)
-        use_entropy = ctx.return_entropy and dent is not None
-        c = as_float_rows(dent, rows, logits.device) if use_entropy else None
-        dlogits = launch_logits_grad(
-            logits, labels, stats, g, c, ctx.inv_temp, ctx.ignore_index, ctx.inplace_backward, ctx.block_size
-        )
-        return dlogits, None, None, None, None, None, None
+@token_logprobs_op.register_fake
+def _(logits, labels, temperature, return_entropy, inplace_backward, ignore_index, block_size):
+    shape, rows = logits.shape[:-1], labels.numel()
+    f32 = dict(dtype=torch.float32, device=logits.device)
+    return logits.new_empty(shape, **f32), logits.new_empty(shape, **f32), logits.new_empty(rows, **f32), \
+        logits.new_empty(rows, **f32)
+
+
+def _logits_grad(logits, labels, logp, ent, maxz, log_l, dlogp, dent, temperature, ignore_index, inplace,
+                 block_size) -> torch.Tensor:
+    rows = labels.numel()
+    stats = RowStats(logp.reshape(-1), maxz, log_l, ent.reshape(-1) if dent is not None else ent.new_empty(0))
+    g = as_float_rows(dlogp, rows, logits.device)
+    c = as_float_rows(dent, rows, logits.device) if dent is not None else None
+    return launch_logits_grad(logits, labels, stats, g, c, 1.0 / temperature, ignore_index, inplace, block_size)
+
+
+@torch.library.custom_op("rlplugins::token_logprobs_backward", mutates_args=())
+def token_logprobs_backward_op(logits: torch.Tensor, labels: torch.Tensor, logp: torch.Tensor, ent: torch.Tensor,
+                               maxz: torch.Tensor, log_l: torch.Tensor, dlogp: torch.Tensor | None,
+                               dent: torch.Tensor | None, temperature: float, ignore_index: int,
+                               block_size: int | None) -> torch.Tensor:
+    """dL/dlogits in a new buffer (``dent`` None: no entropy term)."""
+    return _logits_grad(logits, labels, logp, ent, maxz, log_l, dlogp, dent, temperature, ignore_index, False,
+                        block_size)
+
+
+@token_logprobs_backward_op.register_fake
+def _(logits, labels, logp, ent, maxz, log_l, dlogp, dent, temperature, ignore_index, block_size):
+    return torch.empty_like(logits)
+
+
+@torch.library.custom_op("rlplugins::token_logprobs_backward_", mutates_args=("logits",))
+def token_logprobs_backward_inplace_op(logits: torch.Tensor, labels: torch.Tensor, logp: torch.Tensor,
+                                       ent: torch.Tensor, maxz: torch.Tensor, log_l: torch.Tensor,
+                                       dlogp: torch.Tensor | None, dent: torch.Tensor | None, temperature: float,
+                                       ignore_index: int, block_size: int | None) -> None:
+    """dL/dlogits written over ``logits`` (unit vocabulary stride: see ``_backward``)."""
+    _logits_grad(logits, labels, logp, ent, maxz, log_l, dlogp, dent, temperature, ignore_index, True, block_size)
+
+
+@token_logprobs_backward_inplace_op.register_fake
+def _(logits, labels, logp, ent, maxz, log_l, dlogp, dent, temperature, ignore_index, block_size):
+    return None
+
+
+def _setup_context(ctx, inputs, output):
+    logits, labels, temperature, return_entropy, inplace_backward, ignore_index, block_size = inputs
+    logp, ent, maxz, log_l = output
+    ctx.save_for_backward(logits, labels, logp, ent, maxz, log_l)
+    ctx.temperature = temperature
+    ctx.return_entropy = return_entropy
+    ctx.inplace_backward = inplace_backward
+    ctx.ignore_index = ignore_index
+    ctx.block_size = block_size
+    ctx.consumed = False
+    ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(maxz, log_l)
+    if not return_entropy:
+        ctx.mark_non_differentiable(ent)
+
+
+def _backward(ctx, dlogp, dent, _dmaxz, _dlog_l):
+    check_not_consumed(ctx, "token_logprobs")  # before saved_tensors, whose version check would fire first
+    logits, labels, logp, ent, maxz, log_l = ctx.saved_tensors
+    args = (labels, logp, ent, maxz, log_l, dlogp, dent if ctx.return_entropy else None, ctx.temperature,
+            ctx.ignore_index, ctx.block_size)
+    # A vocabulary stride != 1 is read through a contiguous copy: the gradient then goes to a new buffer anyway.
+    if ctx.inplace_backward and logits.stride(-1) == 1:
+        token_logprobs_backward_inplace_op(logits, *args)
+        return logits, None, None, None, None, None, None
+    return token_logprobs_backward_op(logits, *args), None, None, None, None, None, None
+
+
+token_logprobs_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def check_not_consumed(ctx, name: str) -> None:
@@ -379,7 +433,7 @@ def token_logprobs(
     flat_labels = check_labels(labels, logits, ignore_index)
     if inplace_backward:
         check_no_overlap("logits", logits)
-    logp, ent = TokenLogprobsFunction.apply(
+    logp, ent, _, _ = token_logprobs_op(
         logits, flat_labels, temperature, bool(return_entropy), bool(inplace_backward), int(ignore_index), block_size
     )
     check_finite_rows(logp.detach(), ent.detach() if return_entropy else None, labels != ignore_index)

@@ -195,14 +195,15 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dlogp, dent, _dmaxz, _dlse):
-    logits, labels, logp, maxz, lse, ent = ctx.saved_tensors
-    dent = dent if ctx.return_entropy else None
-    args = (labels, logp, maxz, lse, ent, dlogp, dent, ctx.temperature, ctx.ignore_index, ctx.chunk_rows)
-    if ctx.inplace_backward:
+    if ctx.inplace_backward:  # before saved_tensors, whose version check would fire first
         if ctx.consumed:
             raise RuntimeError("inplace_backward=True already overwrote the logits with their gradient; "
                                "a second backward through it (retain_graph) is not possible")
         ctx.consumed = True
+    logits, labels, logp, maxz, lse, ent = ctx.saved_tensors
+    dent = dent if ctx.return_entropy else None
+    args = (labels, logp, maxz, lse, ent, dlogp, dent, ctx.temperature, ctx.ignore_index, ctx.chunk_rows)
+    if ctx.inplace_backward:
         chunked_logprobs_backward_inplace_op(logits, *args)
         grad = logits
     else:

@@ -81,6 +81,7 @@ def test_inplace_backward_compiled():
     leaf = z * 1.0  # the in-place gradient overwrites a non-leaf buffer, as a model's logits are
     _compile(fn)(leaf).backward()
     assert torch.equal(z.grad, ref.grad)
+    assert torch.equal(leaf.detach(), ref.grad), "the compiled backward must still write into the logits buffer"
 
 
 def test_compute_policy_loss_fullgraph_with_weights_and_global_counts():
@@ -147,6 +148,38 @@ def test_compiled_on_nonfinite_mask_drops_like_eager():
     assert floats["nonfinite_tokens"] == metrics_e["nonfinite_tokens"] == 1.0
     assert floats.keys() == metrics_e.keys()
     assert all(math.isclose(floats[k], metrics_e[k], rel_tol=1e-6, abs_tol=1e-7) for k in floats)
+
+
+@pytest.mark.interpreter
+def test_triton_backend_fullgraph_equals_eager():
+    """backend="triton" under the interpreter: token_logprobs is a custom op too; fused=None takes it while tracing."""
+    logits, labels, mask, old, adv = _inputs(10)
+
+    def fn(z, fused):
+        out = policy_loss_from_logits("maspo", logits=z, labels=labels, old_log_prob=old, advantages=adv,
+                                      response_mask=mask, return_entropy=True, backend="triton", fused=fused)
+        lp = logprobs_from_logits(z, torch.where(mask, labels, -100), return_entropy=True, backend="triton")
+        return out.loss - 0.01 * (lp.entropy * mask).sum() + 0.1 * lp.log_prob.sum(), out.metrics, out.path
+
+    x_e, x_c = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    loss_e, metrics_e, _ = fn(x_e, False)
+    loss_c, metrics_c, path = _compile(lambda z: fn(z, None))(x_c)
+    loss_e.backward()
+    loss_c.backward()
+    assert path == "triton"
+    assert torch.equal(loss_c, loss_e) and torch.equal(x_c.grad, x_e.grad)
+    assert metrics_to_floats(metrics_c) == metrics_e
+
+
+@pytest.mark.interpreter
+def test_triton_custom_op_registration():
+    from rlplugins.kernels.logprobs import token_logprobs_op
+
+    logits, labels, _, _, _ = _inputs(11)
+    labels[0, 1] = -100
+    for entropy in (False, True):
+        torch.library.opcheck(token_logprobs_op, (logits.requires_grad_(), labels.reshape(-1), 1.2, entropy, False,
+                                                  -100, 16))
 
 
 def test_custom_op_registration():
