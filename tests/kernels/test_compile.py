@@ -171,23 +171,20 @@ def test_triton_backend_fullgraph_equals_eager():
     assert metrics_to_floats(metrics_c) == metrics_e
 
 
-@pytest.mark.interpreter
-def test_triton_custom_op_registration():
+def _token_logprobs_op():
     from rlplugins.kernels.logprobs import token_logprobs_op
 
-    logits, labels, _, _, _ = _inputs(11)
-    labels[0, 1] = -100
-    for entropy in (False, True):
-        torch.library.opcheck(token_logprobs_op, (logits.requires_grad_(), labels.reshape(-1), 1.2, entropy, False,
-                                                  -100, 16))
+    return token_logprobs_op
 
 
-def test_custom_op_registration():
+@pytest.mark.parametrize("op,block", [pytest.param(lambda: chunked_logprobs_op, 3, id="chunked"),  # 3-row chunks
+                                      pytest.param(_token_logprobs_op, 16, id="triton", marks=pytest.mark.interpreter)])
+def test_custom_op_registration(op, block):
+    """torch.library.opcheck: schema, fake implementation and autograd registration of each log-prob op."""
     logits, labels, _, _, _ = _inputs(8)
     labels[1, 2] = -100
     for entropy in (False, True):
-        torch.library.opcheck(chunked_logprobs_op, (logits.requires_grad_(), labels.reshape(-1), 0.9, entropy, False,
-                                                    -100, 3))
+        torch.library.opcheck(op(), (logits.requires_grad_(), labels.reshape(-1), 0.9, entropy, False, -100, block))
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor's CPU backend "
