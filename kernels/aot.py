@@ -84,7 +84,8 @@ class Result:
 def _kernels():
     from .fused_loss import _fused_gated_loss_fwd_kernel
     from .gated_loss import _gated_token_loss_kernel
-    from .logprobs import _logprobs_fwd_kernel, logits_grad_kernel
+    from .logprobs import _logprobs_fwd_kernel
+    from .rows import logits_grad_kernel
 
     return {
         "logprobs_fwd": _logprobs_fwd_kernel,

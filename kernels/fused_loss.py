@@ -38,7 +38,7 @@ from ._utils import (
     vocab_launch_config,
 )
 from .gates import get_gate
-from .logprobs import (
+from .rows import (
     RowStats,
     check_device,
     check_grid,

@@ -28,6 +28,17 @@ LABEL_DTYPES = (torch.int64, torch.int32)
 TEMPERATURE_MIN = 1e-6
 
 
+def compiling() -> bool:
+    """True while torch.compile (dynamo) traces: checks then run as tensor ops without a host sync."""
+    return torch.compiler.is_compiling()
+
+
+def assert_none(flags: torch.Tensor, message: str) -> None:
+    """The traced form of ``if flags.any(): raise``: ``torch._assert_async`` raises RuntimeError(message) when the
+    compiled code runs (no graph break, no host sync; the message cannot carry counts or indices)."""
+    torch._assert_async(torch.logical_not(flags.any()), message)
+
+
 def describe(t: torch.Tensor) -> str:
     return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
 
@@ -68,6 +79,9 @@ def as_bool_mask(name: str, mask: torch.Tensor) -> torch.Tensor:
     if mask.is_complex():
         raise TypeError(f"{name} must be bool or 0/1 numeric, got {describe(mask)}")
     bad = (mask != 0) & (mask != 1)
+    if compiling():
+        assert_none(bad, f"{name} must contain only 0 and 1 (or be bool)")
+        return mask != 0
     if bool(bad.any()):
         raise ValueError(f"{name} must contain only 0 and 1 (or be bool); found {int(bad.sum())} other value(s), "
                          f"first at index {first_index(bad)} ({describe(mask)})")
@@ -118,6 +132,9 @@ def check_labels(
     out_of_range = (flat < 0) | (flat >= vocab)
     if valid is None:
         bad_range = out_of_range & (flat != ignore_index)
+        if compiling():
+            assert_none(bad_range, f"{name} must lie in [0, {vocab}) or equal ignore_index={ignore_index}")
+            return flat.contiguous()
         if bool(bad_range.any()):
             raise ValueError(f"{name} must lie in [0, {vocab}) or equal ignore_index={ignore_index}; found e.g. "
                              f"{flat[bad_range][:5].tolist()}, first at flat index {first_index(bad_range)[0]}")
@@ -125,6 +142,10 @@ def check_labels(
     v = valid.reshape(-1)
     bad_ignored = v & (flat == ignore_index)
     bad_range = v & out_of_range & (flat != ignore_index)
+    if compiling():
+        assert_none(bad_ignored, f"{name} equals ignore_index={ignore_index} at a position that {mask_name} marks valid")
+        assert_none(bad_range, f"{name} must lie in [0, {vocab}) at valid ({mask_name}) positions")
+        return flat.contiguous()
     n_ignored, n_range = torch.stack([bad_ignored.sum(), bad_range.sum()]).tolist()
     shape = tuple(labels.shape)
     if n_ignored:
@@ -185,6 +206,10 @@ def check_finite_rows(
         bad |= ~torch.isfinite(entropy)
     if row_used is not None:
         bad &= row_used
+    if compiling():
+        assert_none(bad, f"{name} give a non-finite log-prob/entropy at a used row: its logits contain NaN or +inf, "
+                         f"are all -inf, or give its label probability 0")
+        return
     if bad.numel() and bool(bad.any()):
         at = first_index(bad)
         raise ValueError(

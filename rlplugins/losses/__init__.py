@@ -6,7 +6,7 @@
 
 from .advantages import grpo_advantages
 from .aggregation import AGG_MODES, agg_loss
-from .api import METRIC_KEYS, compute_policy_loss, token_policy_loss
+from .api import METRIC_KEYS, compute_policy_loss, metrics_to_floats, token_policy_loss
 from .chunked_logprobs import chunked_token_logprobs
 from .from_logits import BACKENDS, LogitsPolicyLossOutput, LogprobsOutput, logprobs_from_logits, policy_loss_from_logits, resolve_backend
 from .dpo import DPO_LOSS_TYPES, DPOConfig, DPOLossOutput, dpo_loss
@@ -55,6 +55,7 @@ __all__ = [
     "UnclippedConfig",
     "agg_loss",
     "compute_policy_loss",
+    "metrics_to_floats",
     "dpo_loss",
     "get_policy_loss",
     "grpo_advantages",

@@ -16,6 +16,7 @@ import torch
 
 from .aggregation import agg_loss
 from .checks import check_policy_inputs, first_index
+from ..tensor_checks import assert_none, compiling
 from .config import PolicyLossConfig
 from .registry import get_policy_loss
 from .token_loss import LOG_RATIO_CLAMP, TokenLoss
@@ -95,6 +96,9 @@ def compute_policy_loss(
     dtype = _compute_dtype(log_prob)
     old, adv = old_log_prob.detach().to(dtype), advantages.detach().to(dtype)
     weights = rollout_is_weights.detach().to(dtype) if rollout_is_weights is not None else None
+    if compiling():
+        return _traced_policy_loss(spec, cfg, log_prob, old, adv, weights, valid, loss_agg_mode, gbi, on_nonfinite,
+                                   names, owner, count_floor)
     if spec.finite_safe:
         fast = _fast_policy_loss(spec, cfg, log_prob, old, adv, weights, valid, loss_agg_mode, gbi)
         if fast is not None:
@@ -122,19 +126,82 @@ def compute_policy_loss(
             )
         valid = valid & finite
 
-    zero = torch.zeros((), dtype=dtype, device=lp.device)
+    loss, tok, lp, old, adv = _masked_policy_loss(spec, cfg, lp, old, adv, weights, valid, loss_agg_mode, gbi)
+    metrics = _metrics(tok, lp.detach(), old, adv, valid, n_bad)
+    return loss, metrics
+
+
+def _masked_policy_loss(spec, cfg, lp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor,
+                        weights: torch.Tensor | None, valid: torch.Tensor, loss_agg_mode: str, gbi: Mapping[str, Any]):
+    """The exact path: inputs zeroed at masked positions, per-token terms, weights, aggregation.
+    Returns (loss, token terms, and the masked log_prob, old_log_prob, advantages)."""
+    zero = torch.zeros((), dtype=lp.dtype, device=lp.device)
     # where(): gradient exactly zero at masked positions, whatever they held.
     lp = torch.where(valid, lp, zero)
     old = torch.where(valid, old, zero)
     adv = torch.where(valid, adv, zero)
-
     tok = spec.fn(lp, old, adv, cfg, response_mask=valid)
     loss_mat = tok.loss
     if weights is not None:
         loss_mat = loss_mat * torch.where(valid, weights, zero)
-    loss = agg_loss(loss_mat, valid, loss_agg_mode, **gbi)
-    metrics = _metrics(tok, lp.detach(), old, adv, valid, n_bad)
+    return agg_loss(loss_mat, valid, loss_agg_mode, **gbi), tok, lp, old, adv
+
+
+def _traced_policy_loss(spec, cfg, log_prob: torch.Tensor, old: torch.Tensor, adv: torch.Tensor,
+                        weights: torch.Tensor | None, valid: torch.Tensor, loss_agg_mode: str, gbi: Mapping[str, Any],
+                        on_nonfinite: str, names: Mapping[str, str], owner: str,
+                        count_floor: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``compute_policy_loss`` while torch.compile traces it: the exact masking path without a host sync or a
+    data-dependent branch. The checks become ``torch._assert_async`` (RuntimeError when the compiled code runs);
+    the metrics are 0-d tensors (``metrics_to_floats`` converts them with one sync, outside the compiled region)."""
+    lp = log_prob.to(old.dtype)
+    with torch.no_grad():
+        finite = torch.isfinite(lp) & torch.isfinite(old) & torch.isfinite(adv)
+        if weights is not None:
+            finite &= torch.isfinite(weights)
+        bad = valid & ~finite
+    if on_nonfinite == "raise":
+        what = [names.get(k, k) for k in ("log_prob", "old_log_prob", "advantages")]
+        if weights is not None:
+            what.append(names.get("rollout_is_weights", "rollout_is_weights"))
+        assert_none(bad, f"a valid position holds non-finite {'/'.join(what)}; pass on_nonfinite='mask' to drop it")
+    found = _local_count(gbi, valid, loss_agg_mode)
+    if found is not None:
+        key, what, n_local = found
+        count = torch.as_tensor(gbi[key], device=n_local.device).to(torch.float64)
+        n_local = n_local.to(torch.float64)
+        if count_floor == "nonzero":
+            assert_none((n_local > 0) & (count <= 0), f"{_where(owner, key)} is 0 while this call has {what}: the "
+                                                      f"step would be silently skipped")
+        else:
+            assert_none(count < n_local, f"{_where(owner, key)} is smaller than the {what} of this call; it must "
+                                         f"count the whole global batch")
+    valid = valid & finite
+    loss, tok, lp, old, adv = _masked_policy_loss(spec, cfg, lp, old, adv, weights, valid, loss_agg_mode, gbi)
+    n_bad = bad.sum()
+    if not spec.finite_safe:
+        return loss, _metrics(tok, lp.detach(), old, adv, valid, n_bad, as_tensors=True)
+    # The eager fast path's metric pass (inputs are finite and zero at masked positions here): with every input
+    # finite, the same values bit for bit as an eager call.
+    with torch.no_grad():
+        values = _metric_tensors(tok, lp.detach() - old, adv, valid)
+    metrics = dict(zip(_FAST_METRICS, values.unbind()))
+    empty = metrics["valid_tokens"] == 0
+    metrics["ratio_max"] = torch.where(empty, torch.zeros_like(values[0]), metrics["ratio_max"])
+    metrics["gate_min"] = torch.where(empty, torch.ones_like(values[0]), metrics["gate_min"])
+    metrics["nonfinite_tokens"] = n_bad.to(values.dtype)
     return loss, metrics
+
+
+def metrics_to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Metrics as plain floats: those of a compiled ``compute_policy_loss`` (0-d tensors) with one host sync;
+    float values pass through."""
+    keys = [k for k, v in metrics.items() if isinstance(v, torch.Tensor)]
+    out = {k: float(v) for k, v in metrics.items() if not isinstance(v, torch.Tensor)}
+    if keys:
+        values = torch.stack([metrics[k].detach().to(torch.float64).reshape(()) for k in keys]).tolist()
+        out.update(zip(keys, values))
+    return {k: out[k] for k in metrics}
 
 
 def policy_metrics(name: str, config: PolicyLossConfig | Mapping[str, Any] | None, log_prob: torch.Tensor,
@@ -148,7 +215,7 @@ def policy_metrics(name: str, config: PolicyLossConfig | Mapping[str, Any] | Non
     with torch.no_grad():
         lp, old, adv = (torch.where(valid, t.detach().to(dtype), zero) for t in (log_prob, old_log_prob, advantages))
         tok = spec.fn(lp, old, adv, cfg, response_mask=valid)
-    return _metrics(tok, lp, old, adv, valid, 0)
+    return _metrics(tok, lp, old, adv, valid, 0, as_tensors=compiling())
 
 
 _GBI_KEYS = ("batch_num_tokens", "global_batch_size", "dp_size", "loss_scale_factor")
@@ -181,6 +248,15 @@ def normalize_global_batch_info(info: Mapping[str, Any] | None, *, owner: str = 
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{where} must be an int >= 1, got {value!r}")
             out[key] = int(value)
+            continue
+        if compiling() and isinstance(value, torch.Tensor):  # traced: checked as tensor ops, no host sync
+            if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+                raise TypeError(f"{where} must be a number or a one-element real tensor, got shape "
+                                f"{tuple(value.shape)}, dtype {value.dtype}")
+            v = value.reshape(()).to(torch.float64)
+            ok = torch.isfinite(v) & ((v > 0) if key == "loss_scale_factor" else (v >= 0))
+            assert_none(~ok, f"{where} must be finite and {'> 0' if key == 'loss_scale_factor' else '>= 0'}")
+            out[key] = value
             continue
         number = _scalar(where, value)
         if not math.isfinite(number):
@@ -343,8 +419,9 @@ def _metric_tensors(tok: TokenLoss, log_ratio: torch.Tensor, adv: torch.Tensor, 
 
 
 def _metrics(
-    tok: TokenLoss, lp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, valid: torch.Tensor, n_bad: int
-) -> dict[str, float]:
+    tok: TokenLoss, lp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, valid: torch.Tensor,
+    n_bad: int | torch.Tensor, as_tensors: bool = False,
+) -> dict[str, float] | dict[str, torch.Tensor]:
     with torch.no_grad():
         n = valid.sum()
         denom = n.clamp(min=1).to(lp.dtype)
@@ -373,6 +450,12 @@ def _metrics(
             "pg_clipfrac_lower": mean(tok.clipped_lower) if tok.clipped_lower is not None else zero,
             "valid_tokens": n.to(lp.dtype),
         }
+        if as_tensors:  # traced by torch.compile: no host sync, the neutral values of an empty call by where()
+            empty = values["valid_tokens"] == 0
+            values["ratio_max"] = torch.where(empty, zero, values["ratio_max"])
+            values["gate_min"] = torch.where(empty, 1 + zero, values["gate_min"])
+            values["nonfinite_tokens"] = torch.as_tensor(n_bad, device=lp.device)
+            return {k: v.to(lp.dtype).reshape(()) for k, v in values.items()}
         # One host sync for all metrics.
         floats = torch.stack([v.to(lp.dtype).reshape(()) for v in values.values()]).tolist()
     out = dict(zip(values.keys(), floats))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..tensor_checks import as_bool_mask, describe, first_index, require_float, require_like, require_tensor
+from ..tensor_checks import as_bool_mask, assert_none, compiling, describe, first_index, require_float, require_like, require_tensor
 
 __all__ = ["as_bool_mask", "check_policy_inputs", "check_rollout_weights", "first_index", "require_float", "require_like", "require_tensor"]
 
@@ -51,6 +51,11 @@ def check_rollout_weights(weights: object, ref: torch.Tensor, valid: torch.Tenso
     require_like(name, w, ref_name, ref)
     negative = valid & (w < 0)
     nonfinite = valid & ~torch.isfinite(w) if finite else torch.zeros_like(valid)
+    if compiling():
+        assert_none(nonfinite, f"{name} holds non-finite values at a valid position")
+        assert_none(negative, f"{name} must be >= 0 at valid positions (a negative importance weight flips the sign "
+                              f"of the loss)")
+        return w
     n_negative, n_nonfinite = torch.stack([negative.sum(), nonfinite.sum()]).tolist() if valid.numel() else (0, 0)
     if n_nonfinite:
         raise ValueError(f"{name} holds non-finite values at {n_nonfinite} valid position(s), first at index "

@@ -45,105 +45,173 @@ def _row_chunks(t: torch.Tensor, chunk_rows: int) -> Iterator[tuple[int, int, to
             yield i * tt + c0, i * tt + c1, t[i, c0:c1]
 
 
-class ChunkedLogprobsFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, labels, temperature, return_entropy, inplace_backward, ignore_index, chunk_rows):
-        rows = labels.numel()
-        inv_temp = 1.0 / temperature
-        valid = labels != ignore_index
-        safe = torch.where(valid, labels, torch.zeros_like(labels))
-        logp = torch.zeros(rows, dtype=torch.float32, device=logits.device)
-        lse = torch.zeros(rows, dtype=torch.float32, device=logits.device)  # LSE - max z / T
-        maxz = torch.zeros(rows, dtype=torch.float32, device=logits.device)
-        ent = torch.zeros(rows if return_entropy else 0, dtype=torch.float32, device=logits.device)
-        with torch.no_grad():
-            for r0, r1, view in _row_chunks(logits, chunk_rows):
-                # copy=True: for float32 logits .to() would alias them and the in-place ops below would corrupt them.
-                x = view.to(torch.float32, copy=True)
-                # Subtract the row max in raw units before scaling by 1/T: z - max is (nearly) exact, so log p
-                # keeps its precision at |z/T| ~ 1e4, where z/T - LSE would lose ~|z/T| * 2**-24.
-                row_max, arg_max = x.max(dim=-1)
-                x.sub_(row_max.unsqueeze(-1)).div_(temperature)  # division: no 1/T rounding bias
-                # LSE - max/T = log1p(sum of the other terms): the max's term is exactly 1, and log(1 + r) would
-                # round r to float32 steps of 6e-8 for confident rows (p_max -> 1), and 1 - p_y with it.
-                e = x.exp()
-                e.scatter_(-1, arg_max.unsqueeze(-1), 0.0)
-                rel_lse = torch.log1p(e.sum(dim=-1))  # in [0, log V]
-                del e
-                x.sub_(rel_lse.unsqueeze(-1))  # x = log p
-                logp[r0:r1] = x.gather(-1, safe[r0:r1].unsqueeze(-1)).squeeze(-1)
-                maxz[r0:r1] = row_max
-                lse[r0:r1] = rel_lse
-                if return_entropy:
-                    p = x.exp()
-                    # -inf logits: p = 0 and 0 * -inf = NaN, whose true value is 0.
-                    ent[r0:r1] = -p.mul_(x).nan_to_num_(nan=0.0).sum(-1)
-                    del p
-                del x
+def _forward(logits: torch.Tensor, labels: torch.Tensor, temperature: float, return_entropy: bool,
+             ignore_index: int, chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logp, entropy, max z, LSE - max z / T): the first two of shape ``logits.shape[:-1]`` (entropy zeros unless
+    ``return_entropy``), the saved row statistics [rows]."""
+    rows = labels.numel()
+    valid = labels != ignore_index
+    safe = torch.where(valid, labels, torch.zeros_like(labels))
+    logp = torch.zeros(rows, dtype=torch.float32, device=logits.device)
+    lse = torch.zeros(rows, dtype=torch.float32, device=logits.device)  # LSE - max z / T
+    maxz = torch.zeros(rows, dtype=torch.float32, device=logits.device)
+    ent = torch.zeros(rows, dtype=torch.float32, device=logits.device)
+    with torch.no_grad():
+        for r0, r1, view in _row_chunks(logits, chunk_rows):
+            # copy=True: for float32 logits .to() would alias them and the in-place ops below would corrupt them.
+            x = view.to(torch.float32, copy=True)
+            # Subtract the row max in raw units before scaling by 1/T: z - max is (nearly) exact, so log p
+            # keeps its precision at |z/T| ~ 1e4, where z/T - LSE would lose ~|z/T| * 2**-24.
+            row_max, arg_max = x.max(dim=-1)
+            x.sub_(row_max.unsqueeze(-1)).div_(temperature)  # division: no 1/T rounding bias
+            # LSE - max/T = log1p(sum of the other terms): the max's term is exactly 1, and log(1 + r) would
+            # round r to float32 steps of 6e-8 for confident rows (p_max -> 1), and 1 - p_y with it.
+            e = x.exp()
+            e.scatter_(-1, arg_max.unsqueeze(-1), 0.0)
+            rel_lse = torch.log1p(e.sum(dim=-1))  # in [0, log V]
+            del e
+            x.sub_(rel_lse.unsqueeze(-1))  # x = log p
+            logp[r0:r1] = x.gather(-1, safe[r0:r1].unsqueeze(-1)).squeeze(-1)
+            maxz[r0:r1] = row_max
+            lse[r0:r1] = rel_lse
+            if return_entropy:
+                p = x.exp()
+                # -inf logits: p = 0 and 0 * -inf = NaN, whose true value is 0.
+                ent[r0:r1] = -p.mul_(x).nan_to_num_(nan=0.0).sum(-1)
+                del p
+            del x
         zero = torch.zeros((), dtype=torch.float32, device=logits.device)
         logp = torch.where(valid, logp, zero)
         if return_entropy:
             ent = torch.where(valid, ent, zero)
-        ctx.save_for_backward(logits, labels, logp, maxz, lse, ent)
-        ctx.inv_temp = inv_temp
-        ctx.temperature = temperature
-        ctx.return_entropy = return_entropy
-        ctx.inplace_backward = inplace_backward
-        ctx.ignore_index = ignore_index
-        ctx.chunk_rows = chunk_rows
-        ctx.consumed = False
-        ctx.set_materialize_grads(False)
-        shape = logits.shape[:-1]
-        if not return_entropy:
-            out = torch.zeros(shape, dtype=torch.float32, device=logits.device)
-            ctx.mark_non_differentiable(out)
-            return logp.view(shape), out
-        return logp.view(shape), ent.view(shape)
+    shape = logits.shape[:-1]
+    return logp.view(shape), ent.view(shape), maxz, lse
 
-    @staticmethod
-    def backward(ctx, dlogp, dent):
-        logits, labels, logp, maxz, lse, ent = ctx.saved_tensors
-        if ctx.inplace_backward:
-            if ctx.consumed:
-                raise RuntimeError("inplace_backward=True already overwrote the logits with their gradient; "
-                                   "a second backward through it (retain_graph) is not possible")
-            ctx.consumed = True
-        rows = labels.numel()
-        dev = logits.device
-        valid = labels != ctx.ignore_index
-        g = torch.zeros(rows, dtype=torch.float32, device=dev) if dlogp is None else dlogp.reshape(-1).float()
-        use_entropy = ctx.return_entropy and dent is not None
-        c = dent.reshape(-1).float() if use_entropy else None
-        zero = torch.zeros((), dtype=torch.float32, device=dev)
-        g = torch.where(valid, g, zero)
-        if use_entropy:
-            c = torch.where(valid, c, zero)
-        safe = torch.where(valid, labels, torch.zeros_like(labels))
-        # 1 - p_y as -expm1(logp_y): exact where p_y -> 1 (1 - exp() would cancel).
-        label_grad = g * -torch.expm1(logp)
-        if use_entropy:
-            p_y = logp.exp()
-            label_grad = label_grad - c * p_y * (logp + ent)
-        out = logits if ctx.inplace_backward else torch.empty_like(logits)
-        with torch.no_grad():
-            for (r0, r1, view), (_, _, out_view) in zip(_row_chunks(logits, ctx.chunk_rows),
-                                                         _row_chunks(out, ctx.chunk_rows)):
-                x = view.to(torch.float32, copy=True).sub_(maxz[r0:r1].unsqueeze(-1))
-                x.div_(ctx.temperature).sub_(lse[r0:r1].unsqueeze(-1))  # log p
-                p = x.exp()
-                if use_entropy:
-                    term = x.add_(ent[r0:r1].unsqueeze(-1)).mul_(p).nan_to_num_(nan=0.0)
-                    term.mul_(c[r0:r1].unsqueeze(-1))
-                    dz = p.mul_(-g[r0:r1].unsqueeze(-1)).sub_(term)
-                else:
-                    dz = p.mul_(-g[r0:r1].unsqueeze(-1))
-                del x
-                dz.scatter_(-1, safe[r0:r1].unsqueeze(-1), label_grad[r0:r1].unsqueeze(-1))
-                dz.mul_(ctx.inv_temp)
-                dz.masked_fill_(~valid[r0:r1].unsqueeze(-1), 0.0)
-                out_view.copy_(dz)
-                del dz, p
-        return out, None, None, None, None, None, None
+
+def _backward_into(out: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, logp: torch.Tensor,
+                   maxz: torch.Tensor, lse: torch.Tensor, ent: torch.Tensor, dlogp: torch.Tensor | None,
+                   dent: torch.Tensor | None, temperature: float, ignore_index: int, chunk_rows: int) -> None:
+    """Write dL/dlogits into ``out`` (a fresh buffer, or ``logits`` itself for the in-place gradient)."""
+    rows = labels.numel()
+    dev = logits.device
+    valid = labels != ignore_index
+    logp, ent = logp.reshape(-1), ent.reshape(-1)
+    g = torch.zeros(rows, dtype=torch.float32, device=dev) if dlogp is None else dlogp.reshape(-1).float()
+    use_entropy = dent is not None
+    c = dent.reshape(-1).float() if use_entropy else None
+    zero = torch.zeros((), dtype=torch.float32, device=dev)
+    g = torch.where(valid, g, zero)
+    if use_entropy:
+        c = torch.where(valid, c, zero)
+    safe = torch.where(valid, labels, torch.zeros_like(labels))
+    # 1 - p_y as -expm1(logp_y): exact where p_y -> 1 (1 - exp() would cancel).
+    label_grad = g * -torch.expm1(logp)
+    if use_entropy:
+        p_y = logp.exp()
+        label_grad = label_grad - c * p_y * (logp + ent)
+    inv_temp = 1.0 / temperature
+    with torch.no_grad():
+        for (r0, r1, view), (_, _, out_view) in zip(_row_chunks(logits, chunk_rows), _row_chunks(out, chunk_rows)):
+            x = view.to(torch.float32, copy=True).sub_(maxz[r0:r1].unsqueeze(-1))
+            x.div_(temperature).sub_(lse[r0:r1].unsqueeze(-1))  # log p
+            p = x.exp()
+            if use_entropy:
+                term = x.add_(ent[r0:r1].unsqueeze(-1)).mul_(p).nan_to_num_(nan=0.0)
+                term.mul_(c[r0:r1].unsqueeze(-1))
+                dz = p.mul_(-g[r0:r1].unsqueeze(-1)).sub_(term)
+            else:
+                dz = p.mul_(-g[r0:r1].unsqueeze(-1))
+            del x
+            dz.scatter_(-1, safe[r0:r1].unsqueeze(-1), label_grad[r0:r1].unsqueeze(-1))
+            dz.mul_(inv_temp)
+            dz.masked_fill_(~valid[r0:r1].unsqueeze(-1), 0.0)
+            out_view.copy_(dz)
+            del dz, p
+
+
+# The chunked path as torch.library custom ops: opaque to torch.compile (the Python row loop is never traced), with
+# fake implementations for shape propagation and a registered autograd formula. Eager calls run the same code.
+@torch.library.custom_op("rlplugins::chunked_logprobs", mutates_args=())
+def chunked_logprobs_op(logits: torch.Tensor, labels: torch.Tensor, temperature: float, return_entropy: bool,
+                        inplace_backward: bool, ignore_index: int, chunk_rows: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logp, entropy, max z, relative LSE); ``inplace_backward`` only selects the backward op."""
+    return _forward(logits, labels, temperature, return_entropy, ignore_index, chunk_rows)
+
+
+@chunked_logprobs_op.register_fake
+def _(logits, labels, temperature, return_entropy, inplace_backward, ignore_index, chunk_rows):
+    shape = logits.shape[:-1]
+    rows = labels.numel()
+    f32 = dict(dtype=torch.float32, device=logits.device)
+    return logits.new_empty(shape, **f32), logits.new_empty(shape, **f32), logits.new_empty(rows, **f32), \
+        logits.new_empty(rows, **f32)
+
+
+@torch.library.custom_op("rlplugins::chunked_logprobs_backward", mutates_args=())
+def chunked_logprobs_backward_op(logits: torch.Tensor, labels: torch.Tensor, logp: torch.Tensor, maxz: torch.Tensor,
+                                 lse: torch.Tensor, ent: torch.Tensor, dlogp: torch.Tensor | None,
+                                 dent: torch.Tensor | None, temperature: float, ignore_index: int,
+                                 chunk_rows: int) -> torch.Tensor:
+    """dL/dlogits in a new buffer shaped and typed like ``logits``."""
+    out = torch.empty_like(logits)
+    _backward_into(out, logits, labels, logp, maxz, lse, ent, dlogp, dent, temperature, ignore_index, chunk_rows)
+    return out
+
+
+@chunked_logprobs_backward_op.register_fake
+def _(logits, labels, logp, maxz, lse, ent, dlogp, dent, temperature, ignore_index, chunk_rows):
+    return torch.empty_like(logits)
+
+
+@torch.library.custom_op("rlplugins::chunked_logprobs_backward_", mutates_args=("logits",))
+def chunked_logprobs_backward_inplace_op(logits: torch.Tensor, labels: torch.Tensor, logp: torch.Tensor,
+                                         maxz: torch.Tensor, lse: torch.Tensor, ent: torch.Tensor,
+                                         dlogp: torch.Tensor | None, dent: torch.Tensor | None, temperature: float,
+                                         ignore_index: int, chunk_rows: int) -> None:
+    """dL/dlogits written over ``logits`` (``inplace_backward=True``)."""
+    _backward_into(logits, logits, labels, logp, maxz, lse, ent, dlogp, dent, temperature, ignore_index, chunk_rows)
+
+
+@chunked_logprobs_backward_inplace_op.register_fake
+def _(logits, labels, logp, maxz, lse, ent, dlogp, dent, temperature, ignore_index, chunk_rows):
+    return None
+
+
+def _setup_context(ctx, inputs, output):
+    logits, labels, temperature, return_entropy, inplace_backward, ignore_index, chunk_rows = inputs
+    logp, ent, maxz, lse = output
+    ctx.save_for_backward(logits, labels, logp, maxz, lse, ent)
+    ctx.temperature = temperature
+    ctx.return_entropy = return_entropy
+    ctx.inplace_backward = inplace_backward
+    ctx.ignore_index = ignore_index
+    ctx.chunk_rows = chunk_rows
+    ctx.consumed = False
+    ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(maxz, lse)
+    if not return_entropy:
+        ctx.mark_non_differentiable(ent)
+
+
+def _backward(ctx, dlogp, dent, _dmaxz, _dlse):
+    if ctx.inplace_backward:  # before saved_tensors, whose version check would fire first
+        if ctx.consumed:
+            raise RuntimeError("inplace_backward=True already overwrote the logits with their gradient; "
+                               "a second backward through it (retain_graph) is not possible")
+        ctx.consumed = True
+    logits, labels, logp, maxz, lse, ent = ctx.saved_tensors
+    dent = dent if ctx.return_entropy else None
+    args = (labels, logp, maxz, lse, ent, dlogp, dent, ctx.temperature, ctx.ignore_index, ctx.chunk_rows)
+    if ctx.inplace_backward:
+        chunked_logprobs_backward_inplace_op(logits, *args)
+        grad = logits
+    else:
+        grad = chunked_logprobs_backward_op(logits, *args)
+    return grad, None, None, None, None, None, None
+
+
+chunked_logprobs_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def chunked_token_logprobs(
@@ -170,7 +238,7 @@ def chunked_token_logprobs(
         chunk_rows = default_chunk_rows(logits.shape[-1])
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
-    logp, ent = ChunkedLogprobsFunction.apply(
+    logp, ent, _, _ = chunked_logprobs_op(
         logits, flat, temperature, bool(return_entropy), bool(inplace_backward), int(ignore_index), chunk_rows
     )
     check_finite_rows(logp.detach(), ent.detach() if return_entropy else None, labels != ignore_index)

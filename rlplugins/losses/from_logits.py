@@ -20,7 +20,6 @@ Triton is imported only when the Triton backend is used.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 from typing import Any, Mapping, NamedTuple
@@ -30,7 +29,7 @@ import torch
 from .aggregation import agg_loss
 from .api import check_global_counts, compute_policy_loss, normalize_global_batch_info, policy_metrics
 from .checks import check_rollout_weights
-from ..tensor_checks import as_bool_mask, check_labels, check_temperature, require_tensor
+from ..tensor_checks import as_bool_mask, check_labels, check_temperature, compiling, require_tensor
 from .chunked_logprobs import chunked_token_logprobs
 from .config import PolicyLossConfig
 from .registry import get_policy_loss
@@ -38,10 +37,12 @@ from .registry import get_policy_loss
 BACKENDS = ("auto", "torch", "triton")
 
 
-@functools.lru_cache(maxsize=1)
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None  # once, at import: a constant inside torch.compile
+
+
 def triton_available() -> bool:
     """True when ``triton`` is installed (checked without importing it)."""
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_FOUND
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -137,7 +138,8 @@ def policy_loss_from_logits(
     by both backends); ``labels``, ``old_log_prob``, ``advantages``, ``response_mask``, ``rollout_is_weights``
     [B, T] as for ``compute_policy_loss``. Labels are read only where ``response_mask`` is set.
     ``old_log_prob=None`` is the on-policy case (old = sg(logp), ratio 1). ``backend``: ``"auto"`` |
-    ``"torch"`` | ``"triton"``; ``fused``: None (fused when a Triton gate exists), True (require it), False.
+    ``"torch"`` | ``"triton"``; ``fused``: None (fused when a Triton gate exists, except inside torch.compile,
+    where the fused kernel is not a custom op and the log-prob kernel is used), True (require it), False.
     """
     spec = get_policy_loss(name)
     cfg = spec.make_config(config)
@@ -160,7 +162,8 @@ def policy_loss_from_logits(
     if chosen == "triton":
         from rlplugins import kernels  # lazy import
 
-        use_fused = kernels.has_gate(name) if fused is None else fused
+        # The fused kernel is not a custom op: while torch.compile traces, fused=None takes token_logprobs (one).
+        use_fused = (kernels.has_gate(name) and not compiling()) if fused is None else fused
         if use_fused and not kernels.has_gate(name):
             raise ValueError(f"fused=True but loss {name!r} has no Triton gate; available: {', '.join(kernels.list_gates())}")
         if use_fused:

@@ -18,6 +18,7 @@ triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
 from rlplugins.kernels import logprobs as lp_kernels  # noqa: E402
+from rlplugins.kernels import rows as row_kernels  # noqa: E402
 from rlplugins.losses.from_logits import logprobs_from_logits, policy_loss_from_logits  # noqa: E402
 
 
@@ -60,7 +61,7 @@ def test_triton_launches_put_a_long_sequence_on_the_first_grid_axis(monkeypatch)
     labels = torch.zeros(t, dtype=torch.int64)
     fwd, bwd = _GridSpy(), _GridSpy()
     monkeypatch.setattr(lp_kernels, "_logprobs_fwd_kernel", fwd)
-    monkeypatch.setattr(lp_kernels, "logits_grad_kernel", bwd)
+    monkeypatch.setattr(row_kernels, "logits_grad_kernel", bwd)  # the shared gradient kernel lives in rows.py
     stats = lp_kernels.launch_logprobs_fwd(logits, labels, 1.0, -100, False, 64)
     lp_kernels.launch_logits_grad(logits, labels, stats, torch.zeros(t), None, 1.0, -100, False, 64)
     assert fwd.grids == [(t,)]
