@@ -290,28 +290,22 @@ def build_tiny_model(directory: Path, seed: int) -> None:
     ).save_pretrained(directory)
 
 
-def make_batch(seed: int) -> dict[str, Any]:
-    """A GRPO-shaped rollout batch as the trainer sends it: left-padded prompts, right-padded responses."""
+def rollout_batch(prompt_lens: list[int], response_lens: list[int], seq_adv: list[float], g) -> dict[str, Any]:
+    """A GRPO-shaped batch as the trainer sends it: left-padded prompts, right-padded responses, one advantage
+    per sequence broadcast over its tokens. Token ids are drawn from ``g``, row by row."""
     import torch
 
-    g = torch.Generator().manual_seed(seed + 1)
-    prompt_lens = torch.tensor([6, 4, 5, 3])
-    response_lens = torch.tensor([5, 3, 4, 2])
-    prompts = torch.zeros(BATCH, PROMPT_LEN, dtype=torch.long)
-    responses = torch.zeros(BATCH, RESPONSE_LEN, dtype=torch.long)
-    prompt_mask = torch.zeros(BATCH, PROMPT_LEN, dtype=torch.long)
-    response_mask = torch.zeros(BATCH, RESPONSE_LEN, dtype=torch.long)
-    for i in range(BATCH):
-        p, r = int(prompt_lens[i]), int(response_lens[i])
+    B = len(prompt_lens)
+    prompts = torch.zeros(B, PROMPT_LEN, dtype=torch.long)
+    responses = torch.zeros(B, RESPONSE_LEN, dtype=torch.long)
+    prompt_mask = torch.zeros(B, PROMPT_LEN, dtype=torch.long)
+    response_mask = torch.zeros(B, RESPONSE_LEN, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompt_lens, response_lens, strict=True)):
         prompts[i, PROMPT_LEN - p :] = torch.randint(4, VOCAB, (p,), generator=g)
         prompt_mask[i, PROMPT_LEN - p :] = 1
         responses[i, :r] = torch.randint(4, VOCAB, (r,), generator=g)
         response_mask[i, :r] = 1
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
-    # One scalar per sequence, broadcast over its tokens. The longer responses carry the negative advantages
-    # (as wrong answers tend to), so after one update most valid tokens lost probability and the second
-    # update's ppo_kl = mean(logp_old - logp) is positive.
-    seq_adv = torch.tensor([-1.0, 1.0, -0.5, 0.5])
     return {
         "prompts": prompts,
         "responses": responses,
@@ -319,9 +313,20 @@ def make_batch(seed: int) -> dict[str, Any]:
         "attention_mask": attention_mask,
         "position_ids": torch.clamp(torch.cumsum(attention_mask, dim=1) - 1, min=0),
         "response_mask": response_mask,
-        "advantages": seq_adv[:, None] * response_mask,
-        "rollout_is_weights": (0.5 + torch.rand(BATCH, RESPONSE_LEN, generator=g)) * response_mask,
+        "advantages": torch.tensor(seq_adv)[:, None] * response_mask,
     }
+
+
+def make_batch(seed: int) -> dict[str, Any]:
+    """The smoke run's rollout batch: 4 sequences of different lengths, plus random per-token rollout_is_weights."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed + 1)
+    # The longer responses carry the negative advantages (as wrong answers tend to), so after one update most
+    # valid tokens lost probability and the second update's ppo_kl = mean(logp_old - logp) is positive.
+    batch = rollout_batch([6, 4, 5, 3], [5, 3, 4, 2], [-1.0, 1.0, -0.5, 0.5], g)
+    batch["rollout_is_weights"] = (0.5 + torch.rand(BATCH, RESPONSE_LEN, generator=g)) * batch["response_mask"]
+    return batch
 
 
 def _scalar(value: Any) -> float:

@@ -110,33 +110,6 @@ def dp_overrides() -> list[str]:
     ]
 
 
-def rollout_batch(prompt_lens: list[int], response_lens: list[int], seq_adv: list[float], g) -> dict[str, Any]:
-    """A GRPO-shaped batch as the trainer sends it: left-padded prompts, right-padded responses, one advantage
-    per sequence broadcast over its tokens (the layout of ``smoke.make_batch``, for any lengths)."""
-    import torch
-
-    P, R, B = smoke.PROMPT_LEN, smoke.RESPONSE_LEN, len(prompt_lens)
-    prompts = torch.zeros(B, P, dtype=torch.long)
-    responses = torch.zeros(B, R, dtype=torch.long)
-    prompt_mask = torch.zeros(B, P, dtype=torch.long)
-    response_mask = torch.zeros(B, R, dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompt_lens, response_lens, strict=True)):
-        prompts[i, P - p:] = torch.randint(4, smoke.VOCAB, (p,), generator=g)
-        prompt_mask[i, P - p:] = 1
-        responses[i, :r] = torch.randint(4, smoke.VOCAB, (r,), generator=g)
-        response_mask[i, :r] = 1
-    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
-    return {
-        "prompts": prompts,
-        "responses": responses,
-        "input_ids": torch.cat([prompts, responses], dim=1),
-        "attention_mask": attention_mask,
-        "position_ids": torch.clamp(torch.cumsum(attention_mask, dim=1) - 1, min=0),
-        "response_mask": response_mask,
-        "advantages": torch.tensor(seq_adv)[:, None] * response_mask,
-    }
-
-
 def make_dp_batch(seed: int) -> dict[str, Any]:
     """8 sequences of different prompt/response lengths (the ranks get different token counts), plus fixed
     per-token rollout_is_weights and old-log-prob offsets."""
@@ -144,7 +117,7 @@ def make_dp_batch(seed: int) -> dict[str, Any]:
 
     g = torch.Generator().manual_seed(seed + 11)
     # with 2 ranks: 14 response tokens on rank 0, 13 on rank 1
-    batch = rollout_batch([6, 4, 5, 3, 2, 6, 4, 5], [5, 3, 4, 2, 5, 1, 5, 2],
+    batch = smoke.rollout_batch([6, 4, 5, 3, 2, 6, 4, 5], [5, 3, 4, 2, 5, 1, 5, 2],
                           [-1.0, 1.0, -0.5, 0.5, 1.5, -1.5, 0.8, -0.3], g)
     mask = batch["response_mask"]
     return {
