@@ -65,7 +65,7 @@ RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 TEMPERATURE = 0.9
 SEQ_LEN = 1024  # tokens are laid out as [tokens / SEQ_LEN, SEQ_LEN] sequences
 
-# Nominal HBM bandwidth, TB/s (vendor figures; docs/kernels.md §4).
+# Nominal HBM bandwidth, TB/s (vendor figures; docs/kernels.md#measured).
 HBM_PEAK_TBS = [
     ("H200", 4.8), ("H100 PCIe", 2.0), ("H100", 3.35), ("H800", 3.35), ("B200", 8.0), ("GB200", 8.0),
     ("A100-SXM4-80GB", 2.039), ("A100 80GB PCIe", 1.935), ("A100", 1.555), ("L40S", 0.864), ("4090", 1.008),

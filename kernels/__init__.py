@@ -1,7 +1,7 @@
 """Triton kernels for gated token losses: logits in, loss and gradient out, no [tokens x vocab] log-softmax.
 
     token_logprobs(logits, labels, temperature=1.0, return_entropy=False, inplace_backward=False)
-        -> logp [, entropy]          generic primitive (approach A of docs/kernels.md)
+        -> logp [, entropy]          generic primitive (docs/kernels.md#entry-points)
     gated_token_loss(log_prob, old_log_prob, advantages, loss="maspo", config=...)
         -> (loss_t, dloss/dlogp)      one elementwise kernel for the whole gate family
     fused_policy_loss(logits, labels, old_log_prob, advantages, response_mask, loss="maspo", config=...)

@@ -11,7 +11,7 @@ l, g, logp, LSE [, H] (O(N)). The kernel returns the per-token loss; the caller 
 (including a ``grad_output`` != 1, gradient accumulation scales, any aggregation mode, importance weights)
 arrives in backward as the per-token ``dL/dl_t``: no second pass over [N, V] to rescale a gradient computed in forward.
 Backward: the shared gradient kernel of logprobs.py (1 read + 1 write, optionally into the logits buffer).
-Total traffic 2 reads + 1 write of the logits, the Triton floor (docs/kernels.md §2).
+Total traffic 2 reads + 1 write of the logits, the Triton floor (docs/kernels.md#memory-traffic).
 
 The gate is a ``tl.constexpr`` function argument (gates.py): one kernel body for every loss.
 """
@@ -181,7 +181,8 @@ def fused_policy_loss(
     """Per-token gated policy loss straight from logits: ``l_t = gate(logp_t, logp_old_t, A_t)``.
 
     ``logp = log_softmax(z / T)[y]`` is never materialised over the vocabulary; the gradient w.r.t. ``logits``
-    is ``dL/dz_j = (dL/dl g)(delta_jy - p_j) / T`` with ``g = dl/dlogp`` from the gate (docs/kernels.md §1).
+    is ``dL/dz_j = (dL/dl g)(delta_jy - p_j) / T`` with ``g = dl/dlogp`` from the gate
+    (docs/kernels.md#one-gradient-kernel-for-every-loss).
 
     Args:
         logits: [B, T, V] (or [N, V]) float32/bf16/fp16; strided views with unit vocab stride are read in place.

@@ -13,7 +13,7 @@ program per (row, vocab block) recomputes ``p_j = exp((z_j - m)/T - log l)`` and
     dz_j = [ g_t (delta_{j,y} - p_j) - c_t p_j (log p_j + H_t) ] / T,    g_t = dL/dlogp_t,  c_t = dL/dH_t
 
 optionally into the logits buffer itself (``inplace_backward``). Traffic: 1 read forward, 1 read + 1 write
-backward, the practical Triton floor (docs/kernels.md §2). The row machinery and the backward kernel live in
+backward, the practical Triton floor (docs/kernels.md#memory-traffic). The row machinery and the backward kernel live in
 rows.py, shared with the fused policy loss (fused_loss.py): any loss that depends on the logits only through ``logp`` and ``H`` reduces to
 the two per-row scalars ``g`` and ``c``.
 

@@ -6,7 +6,7 @@ lengths are drawn uniformly, so the batch mixes difficulty tiers: a random polic
 prompt with probability ``1/base`` and a length-``L`` one with ``base**-L``. The first answer digit is the
 last prompt digit whatever the length, so what is learnt on short prompts transfers to long ones.
 
-One training step is the veRL actor loop in miniature (docs/maspo.md §1):
+One training step is the veRL actor loop in miniature (docs/maspo.md#the-demo-a-toy-rlvr-run):
 
 1. sample ``prompts_per_step`` prompts and ``group_size`` responses each at temperature 1;
 2. verify them and compute GRPO group-normalised advantages;
@@ -155,7 +155,7 @@ class TrainConfig:
     prompts_per_step: int = 32
     group_size: int = 8
     # 8 mini-batches x 2 epochs = 16 optimiser steps per rollout batch, the paper's count (512 prompts,
-    # mini-batch 32, docs/maspo.md §6); 15 of the 16 are off-policy.
+    # mini-batch 32, docs/maspo.md#recommended-settings); 15 of the 16 are off-policy.
     minibatches: int = 8
     epochs: int = 2
     lr: float = 3e-3

@@ -110,7 +110,8 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 
 def cpu_overrides(model_dir: str) -> list[str]:
-    """What veRL 0.9.1's actor worker needs to run on CPU with the tiny model (see docs: verl.md section 9)."""
+    """What veRL 0.9.1's actor worker needs to run on CPU with the tiny model
+    (see docs/verl.md#check-a-configuration-on-cpu-first)."""
     a = "actor_rollout_ref"
     return [
         f"{a}.model.path={model_dir}",

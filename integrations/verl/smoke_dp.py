@@ -9,7 +9,7 @@ batch, once in a 1-process ``torchrun`` and once in an N-process one, and compar
 
 - the parameters after the update (gathered from the FSDP shards): they must agree to float tolerance;
 - the metrics veRL returns (``actor/pg_loss``, ``loss``, ``grad_norm``, our gate statistics, ...): they must
-  agree too, since both runs see the same micro-batches (see docs/verl.md, "Data parallelism").
+  agree too, since both runs see the same micro-batches (see docs/verl.md#data-parallelism-what-global-means).
 
 Settings that make the check sharp: the optimizer is plain SGD (Adam's first step, ~lr*sign(g), would hide a
 gradient off by a constant factor) with no gradient clipping (clipping would rescale such a gradient back);

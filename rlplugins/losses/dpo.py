@@ -1,4 +1,4 @@
-"""DPO-family losses on sequence log-probs (docs/loss-zoo.md §8): sigmoid (cDPO label smoothing), IPO, hinge, robust.
+"""DPO-family losses on sequence log-probs: sigmoid (cDPO), IPO, hinge, robust (docs/losses.md#dpo-losses).
 
 Notation: ``h_w = log pi(y_w|x) - log ref(y_w|x)``, ``h_l`` likewise (sums over response tokens), ``x = h_w - h_l``,
 ``Delta = beta * x``.

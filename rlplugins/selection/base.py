@@ -1,4 +1,5 @@
-"""`PairSelector`: the stateful protocol every pair selector implements (docs/selection-api.md §3).
+"""`PairSelector`: the stateful protocol every pair selector implements
+(docs/selection-api.md#3-the-protocol-what-the-training-loop-does-each-step).
 
 This module owns the request/feed cycle (``indices_to_score`` / ``update_scores`` / ``next_batch`` /
 ``observe_batch``), the uniform fallback, metrics and ``state_dict``. The pieces it composes live in their own modules:
@@ -39,7 +40,8 @@ def _check_pos_int(name: str, value: object, minimum: int) -> int:
 class PairSelector(abc.ABC):
     """Chooses which preference pairs (dataset indices) to train on, step by step.
 
-    Loop (docs/selection-api.md §3): ``indices_to_score()`` → feed ``update_scores(...)`` → ``next_batch()`` →
+    Loop (docs/selection-api.md#3-the-protocol-what-the-training-loop-does-each-step):
+    ``indices_to_score()`` → feed ``update_scores(...)`` → ``next_batch()`` →
     optionally ``observe_batch(...)``; ``state_dict()``/``load_state_dict()`` resume exactly.
     """
 
@@ -437,7 +439,7 @@ class PairSelector(abc.ABC):
 
     def _fallback(self, taken: torch.Tensor, need: int, prefer: torch.Tensor) -> torch.Tensor:
         """Up to ``need`` valid pairs not in ``taken``: first from ``prefer`` (e.g. the pool), then from the rest of
-        the shard, uniformly at random (docs/selection-api.md §6)."""
+        the shard, uniformly at random (docs/selection-api.md#6-working-set-and-fallback-never-an-empty-batch)."""
         if need <= 0:
             return torch.empty(0, dtype=torch.int64)
         mask = torch.zeros(self.num_pairs, dtype=torch.bool)

@@ -1,4 +1,4 @@
-"""Baselines SAGE is measured against, behind the same `PairSelector` protocol (docs/sage.md Part D).
+"""Baselines SAGE is measured against, behind the same `PairSelector` protocol (docs/sage.md#baselines).
 
 * `UniformSelector` (never scores): ``full`` (standard DPO, uniform over all pairs), ``random_subset`` (a fixed uniform
   subset of ``ceil(rho N)`` pairs: the compute control), ``static_curriculum`` (easy to hard by tiers on a fixed step

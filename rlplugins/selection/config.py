@@ -1,6 +1,6 @@
 """Configuration of SAGE and of the pair-selection baselines (one dataclass shared by all selectors).
 
-Defaults are the rlplugins reconstruction of SAGE (arXiv 2602.01207), docs/sage.md Part B10: the paper does not state
+Defaults are the rlplugins reconstruction of SAGE (arXiv 2602.01207), docs/sage.md#defaults: the paper does not state
 them.
 """
 
@@ -49,15 +49,15 @@ def _check_bool(name: str, value: object) -> None:
 @suggest_field_names
 @dataclass(frozen=True)
 class SageConfig:
-    """Options of `sage_scores`, `SageSelector` and the baselines (docs/selection-api.md §2).
+    """Options of `sage_scores`, `SageSelector` and the baselines (docs/selection-api.md#2-construction).
 
-    Score (docs/sage.md B4): ``S(u) = sigma(-u)^2 / (sigma(u) sigma(-u) + damping)`` with ``u`` from
+    Score (docs/sage.md#score): ``S(u) = sigma(-u)^2 / (sigma(u) sigma(-u) + damping)`` with ``u`` from
     ``margin_source`` (`margins.pair_margins`) clipped to ``[-margin_clip, margin_clip]``.
     Stability (`stability.stability_masks`): unstable if ``|u|`` is below the boundary band (relative to the pool's
     median ``|u|`` by default), the margin sign flipped between the last two observations (``sign_consistency``) or
     the variance of the last ``history_size`` margins exceeds ``variance_threshold``; a noise suspect if it lies
     ``noise_guard`` robust standard deviations below its tier's median. The defaults are the second design of the
-    reconstruction; the first design's rules remain available (docs/selection-api.md §2).
+    reconstruction; the first design's rules remain available (docs/selection-api.md#2-construction).
     """
 
     beta: float = 0.1

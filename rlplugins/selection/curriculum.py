@@ -1,4 +1,4 @@
-"""Competence curriculum over difficulty tiers (docs/sage.md B7, [reconstruction] of arXiv 2602.01207).
+"""Competence curriculum over difficulty tiers ([reconstruction] of SAGE, docs/sage.md#curriculum-and-competence).
 
 Difficulty of a problem ``d(x) = 1 - pass_rate(x)``; tiers are quantiles of d (tier 0 = easiest). The pool at level k
 holds the tiers ``<= k`` plus a random share ``tier_mix`` of tier k+1, which softens the transition. The level goes up

@@ -1,6 +1,6 @@
 """The pair margin, written once: every selector, score and baseline computes it here.
 
-``implicit`` (docs/sage.md B1): the scaled implicit-reward margin of DPO, ``u = beta * ((pc - rc) - (pr - rr))``. It is
+``implicit`` (docs/sage.md#margin): the scaled implicit-reward margin, ``u = beta * ((pc - rc) - (pr - rr))``. It is
 0 for every pair while the policy equals the reference (step 0), so it carries no information before training.
 
 ``policy`` (ours, not from the paper): the policy's own likelihood margin, ``u = beta * (pc - pr)``. It equals the

@@ -1,4 +1,4 @@
-"""`make_selector`: every selector by name, one constructor contract (docs/selection-api.md §1-2)."""
+"""`make_selector`: every selector by name, one constructor contract (docs/selection-api.md#1-names)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ SELECTOR_NAMES: tuple[str, ...] = (
     "static_high_margin",
 )
 
-# SAGE ablations and dynamic_loss are SageSelector configurations (docs/sage.md Part D).
+# SAGE ablations and dynamic_loss are SageSelector configurations (docs/sage.md#baselines).
 _SAGE_OVERRIDES: dict[str, dict[str, object]] = {
     "sage": {},
     "sage_no_curriculum": {"use_curriculum": False},

@@ -2,7 +2,7 @@
 
 Paper: arXiv 2602.01207 (Wu et al., "Not All Preferences Deserve Gradients", v2). The paper's abstract states a
 "signal-curvature", "Newton-decrement-inspired" score; the equation below is the rlplugins reconstruction
-(docs/sage.md B2-B4), not the paper's text.
+(docs/sage.md#score), not the paper's text.
 
 With ``u = beta * ((log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l)))``, the DPO loss is ``-log sigma(u)``,
 its signal ``s(u) = sigma(-u)`` and its curvature along u ``c(u) = sigma(u) sigma(-u)``; the (damped) decrement is

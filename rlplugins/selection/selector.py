@@ -3,7 +3,7 @@
 Paper: arXiv 2602.01207 (Wu et al., 2026). The paper's abstracts state a curriculum over refreshable, difficulty-
 stratified candidate pools driven by model competence, and a forward-only, Newton-decrement-inspired score that favours
 stable confident errors and filters unstable pairs. Everything below is the rlplugins reconstruction (second design,
-docs/selection-api.md §6 and the README's SAGE section), consistent with those statements but not the paper's text.
+docs/sage.md#our-reconstruction), consistent with those statements but not the paper's text.
 
 Pool mode, one *round* every ``rescore_interval`` steps (a fixed cadence):
 

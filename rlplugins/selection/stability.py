@@ -1,4 +1,4 @@
-"""Stability filter of SAGE (docs/sage.md B5, [reconstruction] of arXiv 2602.01207), written once.
+"""Stability filter of SAGE (docs/sage.md#stability-filter, [reconstruction] of arXiv 2602.01207), written once.
 
 A pair is *unstable* (never selected by score) if
 

@@ -74,7 +74,7 @@ def test_matches_official_code_with_other_hyperparameters(batch, sigma_base, alp
     torch.testing.assert_close(tok.loss, ref, rtol=0, atol=0)  # bit for bit
 
 
-# Gate values of maspo.md §6 (code defaults, risk factor ~1: A tiny and positive/negative as the quadrant needs).
+# Gate values of docs/maspo.md#gate-values (code defaults, risk factor ~1: A tiny, of the quadrant's sign).
 GATE_TABLE = {
     0.9: {1.2: .981, 1.5: .889, 2: .625, 3: .153, 0.8: .981, 0.5: .889, 0.2: .741, 0.0: .625},
     0.5: {1.2: .987, 1.5: .921, 2: .719, 3: .267, 0.8: .987, 0.5: .921, 0.2: .810, 0.0: .719},
@@ -203,7 +203,8 @@ def test_bilateral_ablation_gates_both_sides():
 
 
 def test_on_policy_maspo_equals_pg_gradient():
-    """maspo.md §10.1: with rho == 1 the gate is 1 and MASPO is vanilla policy gradient."""
+    """With rho == 1 the gate is 1 and MASPO is vanilla policy gradient
+    (docs/maspo.md#with-one-update-per-batch-maspo-is-policy-gradient)."""
     g = torch.Generator().manual_seed(0)
     logp = -torch.rand(3, 6, generator=g, dtype=torch.float64)
     adv = torch.randn(3, 1, generator=g, dtype=torch.float64).expand(3, 6)

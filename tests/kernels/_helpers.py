@@ -11,7 +11,7 @@ upcast logits):
 | dlogits, float16 storage         | 2**-10 * |ref| (one fp16 ulp) + 1e-6 * max|ref| + 6e-8 (subnormal step) |
 | scalar loss                      | 1e-5 + 1e-6 relative + sum_t |dL/dlogp_t| 1e-6 (1 + |logp_t|) (loss_atol)|
 
-docs/kernels.md §5 asks for <= 1e-5 on logp/LSE/entropy/loss and one storage ulp on bf16 gradients; the
+docs/kernels.md#numerics asks for <= 1e-5 on logp/LSE/entropy/loss and one storage ulp on bf16 gradients; the
 relative terms cover |logp| ~ 1e4 (huge logits, small T) and tiny gradients.
 """
 

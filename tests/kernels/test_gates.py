@@ -140,7 +140,7 @@ def test_masked_positions_get_exactly_zero(name):
 
 
 def test_maspo_gate_reproduces_the_spec_table():
-    """docs/maspo.md §6: w at pi_old = 0.5 (sigma = 1.231 with the risk factor ~1) for A > 0, rho = 1.5 / 3."""
+    """docs/maspo.md#gate-values: w at pi_old = 0.5 (sigma = 1.231 with the risk factor ~1) for A > 0, rho = 1.5 / 3."""
     old = torch.full((2,), math.log(0.5))
     logp = old + torch.log(torch.tensor([1.5, 3.0]))
     adv = torch.full((2,), 1e-6)  # risk factor 1

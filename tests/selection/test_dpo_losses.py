@@ -24,7 +24,7 @@ def _pairs(n_min=1, n_max=8):
 
 
 def _analytic_dl_dhw(loss_type, beta, eps, x):
-    """d loss / d h_w for one pair with x = h_w - h_l (docs/loss-zoo.md §8); d/dh_l is its negative."""
+    """d loss / d h_w for one pair with x = h_w - h_l (docs/losses.md#dpo-losses); d/dh_l is its negative."""
     d = beta * x
     sig = 1.0 / (1.0 + math.exp(-d)) if d > -700 else 0.0
     if loss_type == "sigmoid":

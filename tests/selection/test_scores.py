@@ -1,4 +1,4 @@
-"""Properties of the SAGE score, the stability filter and the curriculum helpers (docs/sage.md B2-B7)."""
+"""Properties of the SAGE score, the stability filter and the curriculum helpers (docs/sage.md#our-reconstruction)."""
 
 import math
 
