@@ -6,7 +6,8 @@
 For each specialisation (kernel x gate x logits dtype x entropy x on/off-policy x launch config x target) it runs
 ``triton.compile`` with a ``GPUTarget`` and ``ptxas -v`` (``rlplugins.kernels.aot``), and records registers per
 thread, spill bytes, stack, shared memory, and the passes over the logits counted in the PTX. Prints a summary
-table (markdown, also ``benchmarks/results/kernels_aot.md``, pasted in the README's kernel section) and writes every
+table (markdown, also ``benchmarks/results/kernels_aot.md``, shown in
+docs/kernels.md#compiled-ahead-of-time-without-a-gpu) and writes every
 row to ``benchmarks/results/kernels_aot.json``. Exits 1 if any specialisation fails to compile or a default
 configuration spills.
 """

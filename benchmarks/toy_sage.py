@@ -325,7 +325,7 @@ def format_table(cfg: ToyConfig, noise: float, summary: dict, stats: list[dict])
 
 
 def combined_table(result: dict) -> str:
-    """One markdown table over every noise row of a result (the README's form)."""
+    """One markdown table over every noise row of a result (the form of docs/sage.md#development-run)."""
     seeds = result["config"]["seeds"]
     lines = [
         f"| labels | method | held-out solve rate % | Δ vs dpo_full, paired (pts) | wins/{seeds} "

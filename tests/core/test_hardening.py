@@ -234,8 +234,8 @@ _envelope = st.floats(-1e18, 1e18, allow_nan=False)
 @given(tau=st.floats(1e-4, 1e4), sigma_base=st.floats(1e-6, 10.0), adv_low=st.floats(1e-6, 1.0),
        adv=_envelope, old=st.floats(-1e4, 0.0, width=32), name=st.sampled_from(["sapo", "maspo", "maspo-paper"]))
 def test_every_accepted_config_is_finite_on_ordinary_inputs(tau, sigma_base, adv_low, adv, old, name):
-    """Within the README's float32 envelope (|A|, |logp| below ~1e19), accepted configs never give NaN/inf, including
-    tokens with ratio exactly 1 (the 0/0 of a vanishing MASPO width)."""
+    """Within the float32 envelope (|A|, |logp| below ~1e19; docs/kernels.md#numerics), accepted configs never give
+    NaN/inf, including tokens with ratio exactly 1 (the 0/0 of a vanishing MASPO width)."""
     if name == "sapo":
         cfg = SapoConfig(tau_pos=tau, tau_neg=tau)
     else:
