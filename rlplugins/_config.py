@@ -57,10 +57,13 @@ def suggest(name: object, candidates: Iterable[str], *, cutoff: float = 0.6) -> 
     return close[0] if close else None
 
 
-def did_you_mean(name: object, candidates: Iterable[str], *, cutoff: float = 0.6) -> str:
-    """``" Did you mean 'x'?"`` for the closest candidate, or ``""``: appended to an error message."""
+def did_you_mean(name: object, candidates: Iterable[str], *, cutoff: float = 0.6, quote: bool = True) -> str:
+    """``" Did you mean 'x'?"`` for the closest candidate, or ``""``: appended to an error message.
+    ``quote=False`` for command-line flags and choices, which are written bare (``Did you mean --maspo.alpha?``)."""
     close = suggest(name, candidates, cutoff=cutoff)
-    return f" Did you mean {close!r}?" if close else ""
+    if not close:
+        return ""
+    return f" Did you mean {close!r}?" if quote else f" Did you mean {close}?"
 
 
 def unknown_field_error(owner: str, key: object, names: Iterable[str]) -> UnknownFieldError:

@@ -31,7 +31,6 @@ branches (``ppo_clip`` against ``grpo``/``bnpo``/``dr_grpo``/``dapo``, ``rlp_sap
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import typing
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ check_trl_version()
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 from trl.trainer.utils import nanmax, nanmin  # noqa: E402
 
+from rlplugins._config import did_you_mean  # noqa: E402
 from rlplugins.losses import (  # noqa: E402
     METRIC_KEYS,
     PolicyLossConfig,
@@ -88,8 +88,7 @@ def resolve_loss_type(loss_type: str) -> str | None:
     if isinstance(loss_type, str) and loss_type.startswith(ALIAS_PREFIX) and loss_type[len(ALIAS_PREFIX):] in registered:
         return loss_type[len(ALIAS_PREFIX):]
     ours = rlplugins_loss_types()
-    close = difflib.get_close_matches(str(loss_type), list(TRL_LOSS_TYPES) + ours, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(loss_type, list(TRL_LOSS_TYPES) + ours)
     raise ValueError(
         f"loss_type {loss_type!r} is neither a TRL loss type ({', '.join(TRL_LOSS_TYPES)}) nor an rlplugins loss "
         f"({', '.join(ours)}).{hint}"

@@ -29,6 +29,7 @@ def test_suggest_picks_the_closest_candidate_or_none():
     assert suggest("alpah", []) is None
     assert did_you_mean("maspp", ["maspo", "sapo"]) == " Did you mean 'maspo'?"
     assert did_you_mean("zzz", ["maspo"]) == ""
+    assert did_you_mean("--maspo.alpah", ["--maspo.alpha"], quote=False) == " Did you mean --maspo.alpha?"
     # the cutoff is honoured: a loose match appears only below it
     assert suggest("ab", ["abcdef"]) is None
     assert suggest("ab", ["abcdef"], cutoff=0.3) == "abcdef"
