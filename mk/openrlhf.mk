@@ -36,13 +36,13 @@ test-openrlhf: venv-openrlhf
 # DeepSpeed ZeRO-2 on CPU; the first run JIT-compiles DeepSpeed's CPU ops into TORCH_EXTENSIONS_DIR.
 test-openrlhf-slow: export TRITON_INTERPRET = $(TEST_TRITON_INTERPRET)
 test-openrlhf-slow: venv-openrlhf
-	RLP_OPENRLHF_SLOW=1 $(OPENRLHF_PY) -m pytest tests/openrlhf -m slow $(OPENRLHF_PYTEST_ARGS)
+	RLPLUGINS_OPENRLHF_SLOW=1 $(OPENRLHF_PY) -m pytest tests/openrlhf -m slow $(OPENRLHF_PYTEST_ARGS)
 
 # Data parallelism (minutes, not in `make test`): the SAGE DPO wrapper on 2 DeepSpeed ZeRO-2 ranks (gloo): disjoint
 # shards covering the set, and a preempted run resumed from its checkpoint continues exactly on each rank. The
 # first run JIT-compiles DeepSpeed's CPU Adam. (CorePolicyLoss's 2-rank gradient check is in `make test-openrlhf`.)
 test-openrlhf-dp: venv-openrlhf
-	RLP_OPENRLHF_SLOW=1 $(OPENRLHF_PY) -m pytest tests/openrlhf/test_t2_train_dpo_cli.py -m slow -k two_ranks \
+	RLPLUGINS_OPENRLHF_SLOW=1 $(OPENRLHF_PY) -m pytest tests/openrlhf/test_t2_train_dpo_cli.py -m slow -k two_ranks \
 		$(OPENRLHF_PYTEST_ARGS)
 
 EXTRA_TEST_TARGETS += test-openrlhf

@@ -32,7 +32,7 @@ test-verl: venv-verl
 # negative control): for maspo and rlp_ppo_clip x the five aggregation modes, one update_actor of veRL's real
 # worker on 2 ranks (torchrun, gloo, FSDP2) must give the parameters and metrics of the same update on 1 rank.
 test-verl-dp: venv-verl
-	RLP_VERL_SLOW=1 $(VERL_PY) -m pytest tests/verl/test_data_parallel.py -m slow -q -p no:cacheprovider
+	RLPLUGINS_VERL_SLOW=1 $(VERL_PY) -m pytest tests/verl/test_data_parallel.py -m slow -q -p no:cacheprovider
 
 # Two real update steps of veRL's actor worker on CPU under the flags in VERL_SMOKE_ARGS.
 verl-smoke: venv-verl
