@@ -50,7 +50,7 @@ def load_file(name: str, path: str | pathlib.Path) -> ModuleType:
 class _HelperFinder(importlib.abc.MetaPathFinder):
     """Resolves ``import <helper>`` for the names in HELPERS (loaded on first import, like any module)."""
 
-    def find_spec(self, fullname, path=None, target=None):  # noqa: ARG002  (the MetaPathFinder signature)
+    def find_spec(self, fullname, path=None, target=None):
         file = HELPERS.get(fullname)
         return importlib.util.spec_from_file_location(fullname, file) if file is not None else None
 
