@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from rlplugins._env import env
 from rlplugins.tensor_checks import (  # noqa: F401  (re-exported for the kernel modules)
     LOGIT_DTYPES,
     as_bool_mask,
@@ -43,13 +44,14 @@ class LaunchConfig:
 
 
 def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
+    """``RLPLUGINS_<name>`` as an int (the deprecated ``RLP_<name>`` is still read), or None when unset."""
+    value = env(name)
     if value is None or value == "":
         return None
     try:
         return int(value)
     except ValueError as exc:
-        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from exc
+        raise ValueError(f"environment variable RLPLUGINS_{name} must be an integer, got {value!r}") from exc
 
 
 def _check_block(block: int, what: str) -> int:
@@ -64,13 +66,13 @@ def vocab_launch_config(vocab: int, kind: str, block_size: int | None = None) ->
     ``kind`` is ``"fwd"`` (one program streams a whole row: online softmax) or ``"bwd"`` (one program per
     (row, vocab block): gradient). The GPU defaults are untuned starting points in the range the peers use
     (flash-attn CE: blocks up to 16K forward / 4K backward; Liger GRPO: 2K / 4K); override them with
-    ``block_size`` or the environment variables ``RLP_{FWD,BWD}_{BLOCK,WARPS,STAGES}`` (see benchmarks/kernels.py
+    ``block_size`` or the environment variables ``RLPLUGINS_{FWD,BWD}_{BLOCK,WARPS,STAGES}`` (see benchmarks/kernels.py
     ``--tune``). Under the interpreter a block covers the whole row when it can, because the interpreter's cost
     is proportional to the number of block iterations.
     """
     if kind not in ("fwd", "bwd"):
         raise ValueError(f"kind must be 'fwd' or 'bwd', got {kind!r}")
-    prefix = f"RLP_{kind.upper()}_"
+    prefix = f"{kind.upper()}_"
     if block_size is None:
         block_size = _env_int(prefix + "BLOCK")
     if block_size is not None:

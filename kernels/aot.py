@@ -108,7 +108,9 @@ def distinct_gates() -> dict[str, list[str]]:
 def _default_cfg(kind: str):
     from ._utils import vocab_launch_config
 
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("RLP_")}
+    # the defaults, whatever tuning variables (RLPLUGINS_* or the deprecated RLP_*) the environment holds
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith(("RLPLUGINS_FWD_", "RLPLUGINS_BWD_",
+                                                                              "RLP_FWD_", "RLP_BWD_"))}
     try:
         return vocab_launch_config(DEFAULT_VOCAB, kind)
     finally:

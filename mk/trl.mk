@@ -1,4 +1,4 @@
-# TRL 1.16.0 adapter (issue 12). TRL 1.16.0 needs Python >= 3.11, transformers >= 4.56.2, accelerate >= 1.10.1 and
+# TRL 1.16.0 adapter. TRL 1.16.0 needs Python >= 3.11, transformers >= 4.56.2, accelerate >= 1.10.1 and
 # datasets >= 4.7.0: the OpenRLHF venv already holds all of them (transformers 5.15.0) while veRL's caps transformers
 # below 5.11, so TRL goes into the OpenRLHF venv instead of a third one (a few seconds instead of a full torch +
 # transformers install). Its other requirements are already there too; the torch constraint keeps the CPU build, and

@@ -25,8 +25,6 @@ Nothing here is downloaded; everything is seeded with explicit generators so a r
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -34,6 +32,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ._config import ConfigMixin, check_int, check_number
 from .losses import compute_policy_loss, grpo_advantages
 
 # Per-step metrics averaged over the mini-batch updates of a step (keys of compute_policy_loss's metrics).
@@ -42,7 +41,7 @@ LOSS_METRICS = ("ppo_kl", "gate_mean", "gate_min", "damp_frac", "ratio_max", "pg
 
 
 @dataclass(frozen=True)
-class ReverseTask:
+class ReverseTask(ConfigMixin):
     """Reverse a digit sequence. ``max_len`` digits at most, digits in ``[0, base)``."""
 
     base: int = 6
@@ -50,9 +49,10 @@ class ReverseTask:
     min_len: int = 1
 
     def __post_init__(self) -> None:
-        if not 2 <= self.base <= 64:
-            raise ValueError(f"ReverseTask.base must be in [2, 64], got {self.base}")
-        if not 1 <= self.min_len <= self.max_len <= 32:
+        check_int("ReverseTask", "base", self.base, low=2, high=64)
+        check_int("ReverseTask", "min_len", self.min_len, low=1)
+        check_int("ReverseTask", "max_len", self.max_len, low=1, high=32)
+        if self.min_len > self.max_len:
             raise ValueError(f"ReverseTask needs 1 <= min_len <= max_len <= 32, got {self.min_len}, {self.max_len}")
 
     # Input vocabulary: digits, then PAD (left padding of short prompts), then SEP (end of prompt).
@@ -148,7 +148,7 @@ class TinyPolicy(nn.Module):
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigMixin):
     """One shared setting for every loss (a fair comparison changes only the loss)."""
 
     steps: int = 160  # 25 runs (5 losses x 5 seeds) of 160 steps: about 3 minutes on 2 idle cores
@@ -176,19 +176,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "prompts_per_step", "group_size", "minibatches", "epochs", "eval_every", "eval_prompts", "hidden", "embed",
                      "eval_k", "sampled_evals"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be an int >= 1, got {value!r}")
+            check_int("TrainConfig", name, getattr(self, name), low=1)
         if self.prompts_per_step % self.minibatches:
             raise ValueError(
                 f"TrainConfig.prompts_per_step={self.prompts_per_step} must be a multiple of "
                 f"minibatches={self.minibatches} (each mini-batch holds whole GRPO groups)"
             )
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {self.lr!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        check_number("TrainConfig", "lr", self.lr, low=0.0, low_inclusive=False)
 
 
 def eval_set(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:

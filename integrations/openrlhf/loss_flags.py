@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Mapping, Sequence
 
+from rlplugins._config import did_you_mean
 from rlplugins.losses import get_policy_loss, list_policy_losses
 
 NATIVE_LOSSES = ("ppo", "gspo")
@@ -164,8 +164,7 @@ def parse_loss_flags(argv: Sequence[str]) -> tuple[LossSpec | None, list[str]]:
             field_name = flag[2:].split(".", 1)[1]
             raise FlagError(f"{flag}: {field_name} is set by OpenRLHF's own flag; use {OPENRLHF_OWNED_FIELDS[field_name]}")
         known = [f"--{loss}.{f.name}" for f in loss_flag_fields(loss)] if loss in cli_losses() else [ON_NONFINITE_FLAG]
-        close = difflib.get_close_matches(flag, known, n=1)
-        hint = f" Did you mean {close[0]}?" if close else ""
+        hint = did_you_mean(flag, known, quote=False)
         raise FlagError(f"unknown flag {flag}.{hint} Flags of {loss}: {', '.join(known) or '(none)'}")
 
     name = ns.policy_loss_type
@@ -185,8 +184,7 @@ def parse_loss_flags(argv: Sequence[str]) -> tuple[LossSpec | None, list[str]]:
         raise FlagError(f"{LOSS_TYPE_FLAG} {name}: OpenRLHF's native ppo is this loss; write {NATIVE_EQUIVALENTS[name]}")
     if name not in cli_losses():
         choices = [*NATIVE_LOSSES, *cli_losses()]
-        close = difflib.get_close_matches(name, choices, n=1)
-        hint = f" Did you mean {close[0]}?" if close else ""
+        hint = did_you_mean(name, choices, quote=False)
         raise FlagError(f"{LOSS_TYPE_FLAG} {name!r} is not a policy loss.{hint} Choices: {', '.join(choices)}")
 
     overrides: dict[str, Any] = {}

@@ -57,7 +57,3 @@ def swap_policy_actor() -> Any:
     """Make ``openrlhf.trainer.ray.ppo_actor.PolicyModelActor`` our actor class; idempotent. Returns it."""
     _ppo_actor.PolicyModelActor = RemotePolicyModelActor
     return RemotePolicyModelActor
-
-
-def restore_policy_actor() -> None:
-    _ppo_actor.PolicyModelActor = ORIGINAL_POLICY_ACTOR

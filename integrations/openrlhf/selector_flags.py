@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Mapping, Sequence
+
+from rlplugins._config import did_you_mean
 
 from .loss_flags import FlagError, _converter, _flag_name
 
@@ -124,8 +125,7 @@ def parse_selector_flags(argv: Sequence[str]) -> tuple[SelectorSpec | None, list
             if flag.startswith("--sage.") and key in OPENRLHF_OWNED_FIELDS:
                 raise FlagError(f"{flag}: {key} is set by OpenRLHF's own flag; use {OPENRLHF_OWNED_FIELDS[key]}")
             known = [f"--sage.{f.name}" for f in sage_flag_fields()] + [f"--selector.{k}" for k in _ADAPTER_FLAGS]
-            close = difflib.get_close_matches(flag, known, n=1)
-            hint = f" Did you mean {close[0]}?" if close else ""
+            hint = did_you_mean(flag, known, quote=False)
             raise FlagError(f"unknown flag {flag}.{hint} Selector flags: {', '.join(known)}")
 
     overrides = {k.split(".", 1)[1]: v for k, v in vars(ns).items() if k.startswith("sage.")}
@@ -137,8 +137,7 @@ def parse_selector_flags(argv: Sequence[str]) -> tuple[SelectorSpec | None, list
                             f"is OpenRLHF's plain DPO")
         return None, rest
     if ns.selector not in sel.SELECTOR_NAMES:
-        close = difflib.get_close_matches(ns.selector, sel.SELECTOR_NAMES, n=1)
-        hint = f" Did you mean {close[0]}?" if close else ""
+        hint = did_you_mean(ns.selector, sel.SELECTOR_NAMES, quote=False)
         raise FlagError(f"{SELECTOR_FLAG} {ns.selector!r} is not a selector.{hint} "
                         f"Choices: {', '.join(sel.SELECTOR_NAMES)}")
     for key, bad in UNSUPPORTED.items():

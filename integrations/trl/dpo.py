@@ -49,6 +49,7 @@ check_trl_version()
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
+from rlplugins._config import check_choice, check_int  # noqa: E402
 from rlplugins.selection import (  # noqa: E402
     SELECTOR_NAMES,
     PairSelector,
@@ -102,12 +103,10 @@ class SageDPOConfig(_SelectorFields):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.selector not in SELECTOR_NAMES:
-            raise ValueError(f"selector must be one of {', '.join(SELECTOR_NAMES)}, got {self.selector!r}")
+        check_choice("", "selector", self.selector, SELECTOR_NAMES)
         if self.selector_difficulty_column and self.selector_pass_rate_column:
             raise ValueError("set selector_difficulty_column or selector_pass_rate_column, not both")
-        if self.selector_score_batch_size is not None and self.selector_score_batch_size < 1:
-            raise ValueError(f"selector_score_batch_size must be >= 1, got {self.selector_score_batch_size}")
+        check_int("", "selector_score_batch_size", self.selector_score_batch_size, low=1, allow_none=True)
         if self.padding_free:
             raise ValueError("padding_free=True packs a batch into one row; SageDPOTrainer needs per-pair rows to "
                              "attribute margins to pairs. Set padding_free=False.")

@@ -31,7 +31,6 @@ branches (``ppo_clip`` against ``grpo``/``bnpo``/``dr_grpo``/``dapo``, ``rlp_sap
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import typing
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ check_trl_version()
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 from trl.trainer.utils import nanmax, nanmin  # noqa: E402
 
+from rlplugins._config import check_choice, did_you_mean  # noqa: E402
 from rlplugins.losses import (  # noqa: E402
     METRIC_KEYS,
     PolicyLossConfig,
@@ -88,8 +88,7 @@ def resolve_loss_type(loss_type: str) -> str | None:
     if isinstance(loss_type, str) and loss_type.startswith(ALIAS_PREFIX) and loss_type[len(ALIAS_PREFIX):] in registered:
         return loss_type[len(ALIAS_PREFIX):]
     ours = rlplugins_loss_types()
-    close = difflib.get_close_matches(str(loss_type), list(TRL_LOSS_TYPES) + ours, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(loss_type, list(TRL_LOSS_TYPES) + ours)
     raise ValueError(
         f"loss_type {loss_type!r} is neither a TRL loss type ({', '.join(TRL_LOSS_TYPES)}) nor an rlplugins loss "
         f"({', '.join(ours)}).{hint}"
@@ -151,8 +150,8 @@ class RLPluginsGRPOConfig(_LossFields):
                 raise ValueError(f"loss_normalizer={self.loss_normalizer!r} applies to rlplugins losses only; TRL's "
                                  f"loss_type={self.loss_type!r} has its own normaliser. Unset loss_normalizer.")
             return
-        if self.loss_normalizer is not None and self.loss_normalizer not in NORMALIZERS:
-            raise ValueError(f"loss_normalizer must be one of {', '.join(NORMALIZERS)}, got {self.loss_normalizer!r}")
+        if self.loss_normalizer is not None:
+            check_choice("", "loss_normalizer", self.loss_normalizer, NORMALIZERS)
         if self.importance_sampling_level != "token":
             raise ValueError(f"importance_sampling_level={self.importance_sampling_level!r} is TRL's sequence-level "
                              f"ratio for its own loss types; rlplugins losses compute their own ratio and need "
@@ -161,8 +160,7 @@ class RLPluginsGRPOConfig(_LossFields):
             raise ValueError(f"delta={self.delta!r} (two-sided clipping) belongs to TRL's grpo-family loss types; "
                              f"with loss_type={self.loss_type!r} use a dual clip instead (e.g. "
                              f"{loss_field_name(name, 'dual_clip')} where the loss has one).")
-        if self.rlplugins_on_nonfinite not in ("raise", "mask"):
-            raise ValueError(f"rlplugins_on_nonfinite must be 'raise' or 'mask', got {self.rlplugins_on_nonfinite!r}")
+        check_choice("", "rlplugins_on_nonfinite", self.rlplugins_on_nonfinite, ("raise", "mask"))
         self.rlplugins_loss_config()  # validates the chosen loss's fields now, not at the first step
         for other, fields in LOSS_FIELDS.items():
             if other == name:

@@ -137,7 +137,6 @@ def main(args: argparse.Namespace) -> int:
     finally:
         torch.set_num_threads(threads)
     cfg = result["config"]
-    k = cfg["eval_k"]
     print()
     print(f"Toy RLVR: {result['task']}.")
     print(f"Policy: 1-layer GRU, {result['num_params']:,} parameters. Each step: {cfg['prompts_per_step']} prompts x "

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .._config import did_you_mean
 from ..losses import list_policy_losses, make_config
 from ..losses.config import PolicyLossConfig
 
@@ -81,7 +82,8 @@ def parse_losses(text: str | list[str]) -> list[LossSpec]:
         name, _, first = tok.partition(":")
         name = name.strip()
         if name not in known:
-            raise ValueError(f"--losses: unknown loss {name!r}; registered: {', '.join(sorted(known))}")
+            raise ValueError(f"--losses: unknown loss {name!r}.{did_you_mean(name, known)} "
+                             f"Registered: {', '.join(sorted(known))}")
         over: dict[str, str] = {}
         if first:
             if "=" not in first:

@@ -6,107 +6,20 @@ field, the value and the allowed range, so a typo in a launch script fails befor
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import math
 from dataclasses import dataclass
-from typing import Any, Mapping, TypeVar
 
-C = TypeVar("C", bound="PolicyLossConfig")
-
-
-def check_range(
-    owner: str,
-    field: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_inclusive: bool = True,
-    high_inclusive: bool = True,
-    allow_none: bool = False,
-) -> None:
-    """Raise a ValueError/TypeError naming ``owner.field`` unless ``value`` is a finite number in range."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{owner}.{field} must be a number, got {type(value).__name__} {value!r}")
-    try:
-        finite = math.isfinite(value)
-    except OverflowError:  # an int beyond the float range, e.g. 10**400
-        raise ValueError(f"{owner}.{field} must be finite, got an int of {len(str(abs(value)))} digits "
-                         f"(beyond the float range)") from None
-    if not finite:
-        raise ValueError(f"{owner}.{field} must be finite, got {value!r}")
-    lo_ok = low is None or (value >= low if low_inclusive else value > low)
-    hi_ok = high is None or (value <= high if high_inclusive else value < high)
-    if not (lo_ok and hi_ok):
-        lb = "(-inf" if low is None else ("[" if low_inclusive else "(") + f"{low:g}"
-        hb = "inf)" if high is None else f"{high:g}" + ("]" if high_inclusive else ")")
-        raise ValueError(f"{owner}.{field} must be in {lb}, {hb}, got {value!r}")
+from .._config import ConfigMixin, check_bool, check_choice, check_range
 
 
-class UnknownFieldError(TypeError, ValueError):
-    """A misspelt config field. Both a TypeError (what a dataclass constructor raises for an unexpected keyword)
-    and a ValueError (what the mapping paths raised), so existing ``except`` clauses keep working."""
-
-
-def unknown_field_error(owner: str, key: object, names: list[str]) -> UnknownFieldError:
-    """The one "did you mean" message of every config: constructors, ``.replace``, mappings and CLI flags."""
-    close = difflib.get_close_matches(str(key), names, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return UnknownFieldError(f"{owner} has no field {key!r}.{hint} Valid fields: {', '.join(names) or '(none)'}")
-
-
-def suggest_field_names(cls: type) -> type:
-    """Class decorator for a dataclass: unknown keyword arguments raise ``unknown_field_error`` (with the
-    closest field name) instead of Python's bare "unexpected keyword argument".
-
-    It installs a ``__new__`` that checks the keywords against ``dataclasses.fields`` of the class actually
-    being built, so decorating a base class covers every subclass, and ``dataclasses.replace`` (which calls the
-    constructor) is covered too.
-    """
-    def __new__(klass: type, *args: Any, **kwargs: Any) -> Any:
-        if kwargs:
-            names = [f.name for f in dataclasses.fields(klass) if f.init]
-            for key in kwargs:
-                if key not in names:
-                    raise unknown_field_error(klass.__name__, key, names)
-        return object.__new__(klass)
-
-    cls.__new__ = __new__  # type: ignore[method-assign]
-    return cls
-
-
-@suggest_field_names
 @dataclass(frozen=True)
-class PolicyLossConfig:
-    """Base class of all policy-loss configs."""
+class PolicyLossConfig(ConfigMixin):
+    """Base class of all policy-loss configs (``from_mapping``, ``to_dict``, ``replace``: ``rlplugins._config``)."""
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:  # overridden by subclasses
         pass
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_mapping(cls: type[C], values: Mapping[str, Any]) -> C:
-        """Build from a mapping; an unknown key raises and suggests the closest field name."""
-        names = cls.field_names()
-        for key in values:
-            if key not in names:
-                raise unknown_field_error(cls.__name__, key, names)
-        return cls(**dict(values))
-
-    def replace(self: C, **changes: Any) -> C:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 #: Smallest accepted gate widths/temperatures. Below them ordinary inputs overflow float32: MASPO's width
@@ -153,11 +66,9 @@ class MaspoConfig(PolicyLossConfig):
         check_range(o, "sigma_high", self.sigma_high, low=self.sigma_base)
         check_range(o, "adv_low", self.adv_low, low=MASPO_ADV_LOW_MIN)
         check_range(o, "adv_high", self.adv_high, low=self.adv_low)
-        if self.variant not in ("official", "paper"):
-            raise ValueError(f"{o}.variant must be 'official' or 'paper', got {self.variant!r}")
+        check_choice(o, "variant", self.variant, ("official", "paper"))
         _check_dual_clip(o, self.dual_clip)
-        if not isinstance(self.bilateral, bool):
-            raise TypeError(f"{o}.bilateral must be a bool, got {self.bilateral!r}")
+        check_bool(o, "bilateral", self.bilateral)
 
 
 @dataclass(frozen=True)

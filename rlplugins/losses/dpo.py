@@ -21,14 +21,13 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .config import suggest_field_names
+from .._config import ConfigMixin, check_bool, check_choice, check_number
 
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 
 
-@suggest_field_names
 @dataclass(frozen=True)
-class DPOConfig:
+class DPOConfig(ConfigMixin):
     """Options of `dpo_loss`. ``label_smoothing`` is eps of cDPO (``sigmoid``, eps in [0, 0.5]) and of rDPO
     (``robust``, eps in [0, 0.5)); the other types do not use it and reject a non-zero value."""
 
@@ -38,23 +37,17 @@ class DPOConfig:
     ipo_length_normalize: bool = False
 
     def __post_init__(self) -> None:
-        if self.loss_type not in DPO_LOSS_TYPES:
-            raise ValueError(f"DPOConfig.loss_type must be one of {DPO_LOSS_TYPES}, got {self.loss_type!r}")
-        for name in ("beta", "label_smoothing"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise TypeError(f"DPOConfig.{name} must be a finite real number, got {v!r}")
-        if self.beta <= 0:
-            raise ValueError(f"DPOConfig.beta must be > 0, got {self.beta}")
-        eps = self.label_smoothing
-        if self.loss_type == "sigmoid" and not 0 <= eps <= 0.5:
-            raise ValueError(f"DPOConfig.label_smoothing must be in [0, 0.5] for sigmoid, got {eps}")
-        if self.loss_type == "robust" and not 0 <= eps < 0.5:
-            raise ValueError(f"DPOConfig.label_smoothing must be in [0, 0.5) for robust, got {eps}")
-        if self.loss_type in ("ipo", "hinge") and eps != 0:
+        o = "DPOConfig"
+        check_choice(o, "loss_type", self.loss_type, DPO_LOSS_TYPES)
+        check_number(o, "beta", self.beta, low=0.0, low_inclusive=False)
+        eps = check_number(o, "label_smoothing", self.label_smoothing)
+        if self.loss_type == "sigmoid":
+            check_number(o, "label_smoothing", eps, low=0.0, high=0.5)
+        elif self.loss_type == "robust":
+            check_number(o, "label_smoothing", eps, low=0.0, high=0.5, high_inclusive=False)
+        elif eps != 0:
             raise ValueError(f"DPOConfig.label_smoothing must be 0 for {self.loss_type} (unused), got {eps}")
-        if not isinstance(self.ipo_length_normalize, bool):
-            raise TypeError("DPOConfig.ipo_length_normalize must be a bool")
+        check_bool(o, "ipo_length_normalize", self.ipo_length_normalize)
         if self.ipo_length_normalize and self.loss_type != "ipo":
             raise ValueError("DPOConfig.ipo_length_normalize only applies to loss_type='ipo'")
 

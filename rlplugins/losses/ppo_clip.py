@@ -47,5 +47,3 @@ register_policy_loss(
 register_policy_loss(
     "dual_clip", config_cls=DualClipConfig, finite_safe=True, formula=_FORMULA, description="dual-clip PPO (c=3), veRL's vanilla"
 )(_ppo_clip)
-
-ppo_clip_token_loss = _ppo_clip

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from .._config import did_you_mean
 from .config import PolicyLossConfig
 from .token_loss import TokenLoss
 
@@ -98,7 +99,8 @@ def get_policy_loss(name: str) -> PolicyLossSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown policy loss {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+        raise ValueError(f"unknown policy loss {name!r}.{did_you_mean(name, _REGISTRY)} "
+                         f"Registered: {', '.join(sorted(_REGISTRY))}") from None
 
 
 def list_policy_losses() -> list[str]:

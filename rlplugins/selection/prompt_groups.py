@@ -39,26 +39,15 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from rlplugins.losses.config import suggest_field_names, unknown_field_error
+from rlplugins._config import ConfigMixin, check_bool, check_int, check_number
 
 STATE_VERSION = 1
 # Keys load_state_dict reads (besides "version"); "config" is informative only.
 _STATE_KEYS = ("histories", "pending", "order", "competence", "admitted_tiers", "round", "rounds")
 
 
-def _check_number(name: str, value: Any, low: float | None = None, high: float | None = None,
-                  low_open: bool = False, high_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"PromptGroupSelectorConfig.{name} must be a finite number, got {value!r}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"PromptGroupSelectorConfig.{name} must be {'>' if low_open else '>='} {low:g}, got {value!r}")
-    if high is not None and (value >= high if high_open else value > high):
-        raise ValueError(f"PromptGroupSelectorConfig.{name} must be {'<' if high_open else '<='} {high:g}, got {value!r}")
-
-
-@suggest_field_names
 @dataclass(frozen=True)
-class PromptGroupSelectorConfig:
+class PromptGroupSelectorConfig(ConfigMixin):
     """Parameters of ``PromptGroupSelector`` (see the module docstring for what each one does)."""
 
     success_threshold: float = 0.5
@@ -73,29 +62,27 @@ class PromptGroupSelectorConfig:
     max_prompts: int = 1_000_000
 
     def __post_init__(self) -> None:
-        _check_number("success_threshold", self.success_threshold)
+        o = "PromptGroupSelectorConfig"
+        check_number(o, "success_threshold", self.success_threshold)
         edges = tuple(self.tier_edges)
         object.__setattr__(self, "tier_edges", edges)
         if not edges:
             raise ValueError("PromptGroupSelectorConfig.tier_edges must hold at least one pass-rate edge, e.g. (1/3, 2/3)")
         for e in edges:
-            _check_number("tier_edges[...]", e, 0.0, 1.0, low_open=True, high_open=True)
+            check_number(o, "tier_edges[...]", e, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
         if any(b <= a for a, b in zip(edges, edges[1:])):
             raise ValueError(f"PromptGroupSelectorConfig.tier_edges must be strictly increasing, got {edges!r}")
         for name in ("drop_degenerate", "curriculum"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"PromptGroupSelectorConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        for name, low in (("history_size", 1), ("initial_tiers", 1), ("max_prompts", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"PromptGroupSelectorConfig.{name} must be an int >= {low}, got {value!r}")
+            check_bool(o, name, getattr(self, name))
+        for name in ("history_size", "initial_tiers", "max_prompts"):
+            check_int(o, name, getattr(self, name), low=1)
         if self.initial_tiers > self.num_tiers:
             raise ValueError(
                 f"PromptGroupSelectorConfig.initial_tiers must be <= the number of tiers ({self.num_tiers} from "
                 f"tier_edges={edges!r}), got {self.initial_tiers}"
             )
-        _check_number("stability_tau", self.stability_tau, 0.0)
-        _check_number("competence_momentum", self.competence_momentum, 0.0, 1.0, high_open=True)
+        check_number(o, "stability_tau", self.stability_tau, low=0.0)
+        check_number(o, "competence_momentum", self.competence_momentum, low=0.0, high=1.0, high_inclusive=False)
         unlock = tuple(self.unlock_at)
         object.__setattr__(self, "unlock_at", unlock)
         locked = self.num_tiers - self.initial_tiers
@@ -105,7 +92,7 @@ class PromptGroupSelectorConfig:
                 f"({locked} = {self.num_tiers} tiers - initial_tiers {self.initial_tiers}), got {unlock!r}"
             )
         for u in unlock:
-            _check_number("unlock_at[...]", u, 0.0, 1.0)
+            check_number(o, "unlock_at[...]", u, low=0.0, high=1.0)
         if any(b < a for a, b in zip(unlock, unlock[1:])):
             raise ValueError(f"PromptGroupSelectorConfig.unlock_at must be non-decreasing, got {unlock!r}")
 
@@ -116,15 +103,11 @@ class PromptGroupSelectorConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "PromptGroupSelectorConfig":
         """Build from a mapping (e.g. framework kwargs); an unknown key raises and names the closest field."""
-        names = [f for f in cls.__dataclass_fields__]
-        for key in values:
-            if key not in names:
-                raise unknown_field_error(cls.__name__, key, names)
-        kwargs = dict(values)
+        kwargs = dict(values) if isinstance(values, Mapping) else values
         for key in ("tier_edges", "unlock_at"):
-            if key in kwargs and kwargs[key] is not None:
+            if isinstance(kwargs, dict) and kwargs.get(key) is not None:
                 kwargs[key] = tuple(float(v) for v in kwargs[key])
-        return cls(**kwargs)
+        return super().from_mapping(kwargs)
 
 
 @dataclass(frozen=True)

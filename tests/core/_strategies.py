@@ -1,12 +1,29 @@
-"""Hypothesis strategies shared by the core loss tests (imported by path: tests/ is not a package)."""
+"""Loss lists and Hypothesis strategies shared by the core loss tests (``import _strategies``: tests/conftest.py).
+
+The loss lists come from the registry, so a newly registered loss is covered by every family property without
+editing the tests; an elementwise loss (``PolicyLossSpec.elementwise``) also gets the per-token properties."""
 
 from __future__ import annotations
 
 import torch
 from hypothesis import strategies as st
 
-ELEMENTWISE_LOSSES = ["maspo", "ppo_clip", "clip_higher", "dual_clip", "sapo", "cispo", "pg", "unclipped"]
-ALL_LOSSES = ELEMENTWISE_LOSSES + ["gspo"]
+from rlplugins.losses import get_policy_loss, list_policy_losses
+
+
+def all_losses() -> list[str]:
+    """Every registered policy loss, sorted."""
+    return list_policy_losses()
+
+
+def elementwise_losses() -> list[str]:
+    """The registered losses whose per-token loss depends on that token only (not gspo's sequence ratio)."""
+    return [name for name in list_policy_losses() if get_policy_loss(name).elementwise]
+
+
+# Read once, when pytest collects the test modules (parametrize needs a list).
+ALL_LOSSES = all_losses()
+ELEMENTWISE_LOSSES = elementwise_losses()
 
 
 @st.composite

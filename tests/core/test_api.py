@@ -9,7 +9,6 @@ import torch
 
 from rlplugins.losses import (
     METRIC_KEYS,
-    MaspoConfig,
     PolicyLossConfig,
     SapoConfig,
     TokenLoss,

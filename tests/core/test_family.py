@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -12,9 +9,7 @@ from hypothesis import strategies as st
 
 from rlplugins.losses import AGG_MODES, PpoClipConfig, compute_policy_loss, make_config, token_policy_loss
 
-_spec = importlib.util.spec_from_file_location("_strategies", pathlib.Path(__file__).with_name("_strategies.py"))
-_s = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_s)
+import _strategies as _s  # tests/conftest.py maps the name to the file
 ALL, ELEMENTWISE = _s.ALL_LOSSES, _s.ELEMENTWISE_LOSSES
 
 # Losses whose gate g satisfies g(1) = 1 give the plain policy gradient -A at r = 1.
@@ -160,6 +155,24 @@ def test_token_sum_is_additive_over_batch_concatenation(name, a, b):
     cat = [torch.cat([x, y]) for x, y in zip(a, b)]
     lab, *_ = _loss_and_grad(name, *cat, loss_agg_mode="token-sum")
     torch.testing.assert_close(lab, la + lb, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+@given(batch=_s.policy_batch(), data=st.data())
+def test_elementwise_token_loss_depends_on_its_own_token_only(name, batch, data):
+    """What ``elementwise=True`` promises (and the kernels rely on): moving one token's log-prob changes no other
+    token's loss or gradient, bit for bit."""
+    logp, old, adv, mask = batch
+    i = data.draw(st.integers(0, logp.shape[0] - 1))
+    j = data.draw(st.integers(0, logp.shape[1] - 1))
+    moved = logp.clone()
+    moved[i, j] -= 0.7
+    base = token_policy_loss(name, log_prob=logp, old_log_prob=old, advantages=adv, response_mask=mask)
+    after = token_policy_loss(name, log_prob=moved, old_log_prob=old, advantages=adv, response_mask=mask)
+    others = torch.ones_like(mask)
+    others[i, j] = False
+    torch.testing.assert_close(after.loss[others], base.loss[others], rtol=0, atol=0)
+    torch.testing.assert_close(after.grad_logp[others], base.grad_logp[others], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -3,9 +3,7 @@ NaN/inf): the same loss and gradient bits, the same metrics, the same global-cou
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import pathlib
 
 import pytest
 import torch
@@ -15,9 +13,7 @@ from hypothesis import strategies as st
 from rlplugins.losses import AGG_MODES, compute_policy_loss
 from rlplugins.losses.registry import get_policy_loss
 
-_spec = importlib.util.spec_from_file_location("_strategies", pathlib.Path(__file__).with_name("_strategies.py"))
-_s = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_s)
+import _strategies as _s  # tests/conftest.py maps the name to the file
 
 
 def _run(name, logp, old, adv, mask, **kw):

@@ -1,4 +1,4 @@
-"""Issue 10 (hardening): every silent-wrong, NaN and late-failure path of the core found by the bad-input sweep now
+"""Hardening: every silent-wrong, NaN and late-failure path of the core found by the bad-input sweep now
 raises a clear error naming the argument (or has one documented, tested behaviour). One test per class; hypothesis
 where the class is a range. Kernel-side twins: tests/kernels/test_hardening.py."""
 

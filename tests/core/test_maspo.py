@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import pathlib
 
 import pytest
 import torch
@@ -14,9 +12,7 @@ from hypothesis import strategies as st
 from rlplugins.losses import MaspoConfig, compute_policy_loss, token_policy_loss
 from rlplugins.losses.maspo import maspo_gate, maspo_widths
 
-_spec = importlib.util.spec_from_file_location("_strategies", pathlib.Path(__file__).with_name("_strategies.py"))
-_s = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_s)
+import _strategies as _s  # tests/conftest.py maps the name to the file
 
 
 def official_maspo_loss_mat(log_prob, old_log_prob, advantages, sigma_base=1.0, alpha=0.3, beta_pos=0.03,

@@ -79,7 +79,7 @@ def loss_atol(ref_total: torch.Tensor, lp64: torch.Tensor) -> float:
 
 def examples(n: int) -> int:
     """Hypothesis example count for a slow (interpreter) test: ``n`` under the CI profile (60 examples),
-    scaled with the active profile (e.g. 5n under RLP_HYPOTHESIS_PROFILE=dev)."""
+    scaled with the active profile (e.g. 5n under RLPLUGINS_HYPOTHESIS_PROFILE=dev)."""
     from hypothesis import settings
 
     return max(1, n * settings().max_examples // 60)

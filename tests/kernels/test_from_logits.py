@@ -3,9 +3,7 @@ path against float64, its memory property, and the backends against each other a
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import pathlib
 import subprocess
 import sys
 
@@ -21,9 +19,7 @@ from rlplugins.losses import compute_policy_loss, get_policy_loss, list_policy_l
 from rlplugins.losses.chunked_logprobs import chunked_token_logprobs
 from rlplugins.losses.from_logits import logprobs_from_logits, policy_loss_from_logits, resolve_backend
 
-_spec = importlib.util.spec_from_file_location("_kernel_helpers", pathlib.Path(__file__).with_name("_helpers.py"))
-H = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(H)
+import _kernel_helpers as H  # tests/conftest.py maps the name to the file
 
 IGNORE = -100
 

@@ -4,9 +4,6 @@ log_softmax -> gather -> compute_policy_loss, with autograd down to the logits. 
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -15,9 +12,7 @@ from hypothesis import strategies as st
 from rlplugins.kernels import fused_policy_loss, list_gates
 from rlplugins.losses import AGG_MODES, agg_loss, compute_policy_loss, get_policy_loss
 
-_spec = importlib.util.spec_from_file_location("_kernel_helpers", pathlib.Path(__file__).with_name("_helpers.py"))
-H = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(H)
+import _kernel_helpers as H  # tests/conftest.py maps the name to the file
 
 # Triton on CPU tensors (see conftest.py); the tests marked cuda are governed by that mark instead.
 pytestmark = pytest.mark.interpreter
@@ -41,7 +36,7 @@ def policy_case(draw):
     v = draw(st.integers(1, 160))
     dtype = draw(st.sampled_from(H.DTYPES))
     name = draw(st.sampled_from(list_gates()))
-    config = get_policy_loss(name).make_config(draw(st.sampled_from(CONFIG_OVERRIDES[name])))
+    config = get_policy_loss(name).make_config(draw(st.sampled_from(CONFIG_OVERRIDES.get(name, [{}]))))
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
     logits = (torch.randn(b, t, v, generator=g) * draw(st.sampled_from([0.5, 3.0, 10.0]))).to(dtype)
     labels = torch.randint(0, v, (b, t), generator=g)

@@ -1,4 +1,4 @@
-"""Issue 10 (hardening), kernel side: the Triton entry points (``token_logprobs``, ``gated_token_loss``,
+"""Hardening, kernel side: the Triton entry points (``token_logprobs``, ``gated_token_loss``,
 ``fused_policy_loss``) and the core's Triton backend reject exactly what the torch path rejects, with the same
 messages (one copy of the checks: ``rlplugins.tensor_checks``; configs: the core dataclass's ``validate()``).
 CPU tensors under TRITON_INTERPRET=1."""

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import pathlib
 
 import pytest
 import torch
@@ -13,9 +11,7 @@ from hypothesis import strategies as st
 
 from rlplugins.kernels import token_logprobs
 
-_spec = importlib.util.spec_from_file_location("_kernel_helpers", pathlib.Path(__file__).with_name("_helpers.py"))
-H = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(H)
+import _kernel_helpers as H  # tests/conftest.py maps the name to the file
 
 # Triton on CPU tensors (see conftest.py); the tests marked cuda are governed by that mark instead.
 pytestmark = pytest.mark.interpreter

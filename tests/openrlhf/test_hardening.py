@@ -1,4 +1,4 @@
-"""Issue 10 (hardening) in the OpenRLHF adapter: the drop-in ``ppo_kl``, error messages in OpenRLHF's argument names,
+"""Hardening of the OpenRLHF adapter: the drop-in ``ppo_kl``, error messages in OpenRLHF's argument names,
 global counts checked at the boundary, DPO flags checked at parse time, the selector state loaded without pickle
 code execution, and exact resume of the scored sampler whatever the loader prefetched."""
 

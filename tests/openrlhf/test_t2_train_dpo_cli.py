@@ -16,11 +16,13 @@ import datasets
 import pytest
 import rlp_openrlhf_tiny as tiny
 
+from rlplugins._env import env_flag
+
 DRIVER = os.path.join(os.path.dirname(os.path.abspath(tiny.__file__)), "rlp_t2_dpo_driver.py")
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("RLP_OPENRLHF_SLOW") != "1", reason="T2 tier: set RLP_OPENRLHF_SLOW=1"),
+    pytest.mark.skipif(not env_flag("OPENRLHF_SLOW"), reason="T2 tier: set RLPLUGINS_OPENRLHF_SLOW=1"),
     pytest.mark.skipif(shutil.which("g++") is None, reason="DeepSpeed's CPU ops need a C++ compiler"),
 ]
 
@@ -105,7 +107,7 @@ def test_two_ranks_disjoint_shards_and_exact_resume_per_rank(tiny_model_dir, tmp
     # preempted after the checkpoint of step 4, then resumed from it by a new pair of processes
     ckpt = ["--ckpt.output_dir", str(tmp_path / "out_b"), "--ckpt.path", str(tmp_path / "ckpt_b"),
             "--ckpt.save_steps", "4"]
-    first = run_two_ranks(tmp_path, "first", [*common, *ckpt], {"RLP_T2_STOP_AFTER_STEP": "4"})
+    first = run_two_ranks(tmp_path, "first", [*common, *ckpt], {"RLPLUGINS_T2_STOP_AFTER_STEP": "4"})
     assert all(r["stopped"] for r in first)
     assert all(os.path.exists(tmp_path / "ckpt_b" / f"rlplugins_selector_rank{rank}.pt") for rank in range(2))
     resumed = run_two_ranks(tmp_path, "resumed", [*common, *ckpt, "--ckpt.load_enable"])

@@ -165,7 +165,7 @@ def test_competence_plateau_advances_the_curriculum_whatever_the_noise():
     assert stuck.metrics()["selector/level"] == 0.0  # the old pool-accuracy trigger never fires under a cap
 
 
-# ---------------------------------------------------------------- load_state_dict checks (issue 10, item 14)
+# ---------------------------------------------------------------- load_state_dict checks
 
 
 def _trained(name="sage", difficulty=None, tiers=None, n=30, b=3):

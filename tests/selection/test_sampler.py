@@ -138,7 +138,7 @@ def _epoch_then_next(sampler, it):
 @settings(max_examples=25, deadline=None)
 @given(name=st.sampled_from(["sage", "dpo_full", "static_low_gap"]), b=st.integers(2, 8), data=st.data())
 def test_resume_is_exact_when_the_loader_batch_is_smaller_than_the_selector_batch(name, b, data):
-    """Issue 10: the state counts samples handed out, not selector batches drawn (a DataLoader batch of 1..b-1)."""
+    """The state counts samples handed out, not selector batches drawn (a DataLoader batch of 1..b-1)."""
     n = 48
     lb = data.draw(st.integers(1, b - 1), label="loader batch")
     sampler = SageSampler(_make(name, n=n, b=b))

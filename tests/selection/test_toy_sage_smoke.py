@@ -1,9 +1,7 @@
 """The SAGE toy benchmark runs end to end on a tiny configuration and writes a consistent JSON (no timing asserted)."""
 
-import importlib.util
 import json
 import pathlib
-import sys
 
 import pytest
 
@@ -11,13 +9,8 @@ BENCH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "toy_sage.p
 
 
 @pytest.fixture(scope="module")
-def toy():
-    spec = importlib.util.spec_from_file_location("rlplugins_toy_sage", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["rlplugins_toy_sage"] = mod  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop("rlplugins_toy_sage", None)
+def toy(load_file):
+    return load_file("rlplugins_toy_sage", BENCH)
 
 
 def test_quick_run_writes_consistent_results(toy, tmp_path):

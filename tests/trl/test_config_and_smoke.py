@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
+import pathlib
 
 import pytest
 
@@ -108,19 +108,13 @@ def test_trl_smoke_command(tmp_path, capsys):
     assert data["dpo"][1]["selector/pairs_observed"] == 8
 
 
-def _example(name):
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[2] / "examples" / "trl" / name
-    spec = importlib.util.spec_from_file_location(name[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples" / "trl"
 
 
-def test_example_scripts_parse_their_documented_flags():
+def test_example_scripts_parse_their_documented_flags(load_file):
+    def _example(name):
+        return load_file(name[:-3], EXAMPLES / name)
+
     script, args, model = _example("train_grpo_maspo.py").parse(
         BASE + ["--model_name_or_path", "some/model", "--dataset_name", "some/data", "--loss_type", "maspo",
                 "--maspo_alpha", "0.3", "--loss_normalizer", "dapo", "--num_iterations", "2"])

@@ -25,7 +25,7 @@ from rlplugins.losses import compute_policy_loss, list_policy_losses
 from trl import GRPOConfig, GRPOTrainer
 
 TIMING_KEYS = {"step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
-RESULTS_PATH = os.environ.get("RLP_TRL_EXACTNESS_JSON")  # optional: write the measured differences here
+RESULTS_PATH = os.environ.get("RLPLUGINS_TRL_EXACTNESS_JSON")  # optional: write the measured differences here
 
 
 def _args(tmp_path, cls=RLPluginsGRPOConfig, **overrides):

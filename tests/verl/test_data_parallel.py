@@ -74,7 +74,7 @@ def test_two_ranks_match_one_rank_and_a_locally_normalised_loss_does_not(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("RLP_VERL_SLOW") != "1", reason="full DP matrix: make test-verl-dp")
+@pytest.mark.skipif(os.environ.get("RLPLUGINS_VERL_SLOW", os.environ.get("RLP_VERL_SLOW")) != "1", reason="full DP matrix: make test-verl-dp")
 def test_every_loss_and_aggregation_mode_gives_the_one_rank_update_on_two_ranks(tmp_path):
     proc, result = run_dp("all", tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

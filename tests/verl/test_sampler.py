@@ -201,7 +201,7 @@ def test_configuration_errors_say_what_to_write(ppo_config, fake_tq, make_rollou
         build(ppo_config, rollout, ["data.gen_batch_size=4"])
     with pytest.raises(ValueError, match="custom_sampler.name=PromptGroupReplayBufferAsync"):
         build(ppo_config, rollout, mode="colocate_async")
-    with pytest.raises(ValueError, match="stability_tau must be >= 0"):
+    with pytest.raises(ValueError, match=r"stability_tau must be in \[0, inf\)"):
         build(ppo_config, rollout, [f"{KW}.stability_tau=-1"])
 
 

@@ -68,8 +68,8 @@ def build_loss(loss: str, mode: str):
 def skip_shm_comm_build() -> None:
     """DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce kernel (``deepspeed_shm_comm``: minutes of
     g++ on 2 cores, on every fresh machine) inside ``init_distributed``. It only speeds up intra-node all-reduce;
-    without it every collective goes through torch.distributed (gloo). ``RLP_DS_SHM_COMM=1`` keeps it."""
-    if os.environ.get("RLP_DS_SHM_COMM") != "1":
+    without it every collective goes through torch.distributed (gloo). ``RLPLUGINS_DS_SHM_COMM=1`` keeps it."""
+    if os.environ.get("RLPLUGINS_DS_SHM_COMM") != "1":
         import deepspeed.ops
 
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False

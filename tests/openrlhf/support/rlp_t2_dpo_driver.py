@@ -1,7 +1,7 @@
 """T2 driver: ``python rlp_t2_dpo_driver.py RESULT_JSON <wrapper flags>`` runs our train_dpo wrapper (hence
 OpenRLHF's real ``openrlhf.cli.train_dpo`` and real DeepSpeed ZeRO-2) on CPU, one process per rank (RANK and
 WORLD_SIZE from the environment). ``{rank}`` in RESULT_JSON is replaced by the rank. With
-``RLP_T2_STOP_AFTER_STEP=N`` the run stops right after the checkpoint of optimizer step N (a preemption), so
+``RLPLUGINS_T2_STOP_AFTER_STEP=N`` the run stops right after the checkpoint of optimizer step N (a preemption), so
 that a second run with ``--ckpt.load_enable`` can resume from it.
 
 Besides the flash_attn/vLLM stubs, two CUDA-only spots of OpenRLHF's strategy are replaced for CPU (gloo):
@@ -52,7 +52,7 @@ from rlplugins.integrations.openrlhf import dpo_trainer  # noqa: E402
 from rlplugins.integrations.openrlhf.train_dpo import main  # noqa: E402
 
 result_path = sys.argv[1].format(rank=os.environ.get("RANK", "0"))
-stop_after = int(os.environ.get("RLP_T2_STOP_AFTER_STEP", "0"))
+stop_after = int(os.environ.get("RLPLUGINS_T2_STOP_AFTER_STEP", "0"))
 fit = dpo_trainer.SageDPOTrainer.fit
 save = dpo_trainer.SageDPOTrainer.save_logs_and_checkpoints
 batches: list[list[int]] = []
