@@ -43,6 +43,7 @@ class Result:
     fwd_ms: Timing | None = None
     bwd_ms: Timing | None = None
     total_ms: Timing | None = None
+    cpu_total_ms: Timing | None = None  # CPU mode: process CPU time (user + system) of forward + backward
     peak_extra_bytes: int | None = None
     logits_bytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -52,21 +53,26 @@ class Result:
 # ------------------------------------------------------------------------------------------------------ timing
 
 
-def time_wall(fn: Callable[[Inputs], Any], inp: Inputs, reps: int, warmup: int) -> tuple[list, list, list]:
-    """Forward, backward and total milliseconds (``perf_counter``) of ``reps`` repetitions after ``warmup``."""
-    fwd, bwd, tot = [], [], []
+def time_wall(fn: Callable[[Inputs], Any], inp: Inputs, reps: int, warmup: int) -> dict[str, list[float]]:
+    """Milliseconds of ``reps`` repetitions after ``warmup``: wall clock (``perf_counter``) of the forward, the
+    backward and both (``fwd``, ``bwd``, ``total``), and the process's CPU time (user + system, page faults
+    included) of both (``cpu_total``), which on a shared machine does not count the time spent waiting for a core."""
+    out: dict[str, list[float]] = {"fwd": [], "bwd": [], "total": [], "cpu_total": []}
     for i in range(warmup + reps):
         inp.restore()
+        c0 = time.process_time()
         t0 = time.perf_counter()
         loss = fn(inp)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
+        c2 = time.process_time()
         if i >= warmup:
-            fwd.append((t1 - t0) * 1e3)
-            bwd.append((t2 - t1) * 1e3)
-            tot.append((t2 - t0) * 1e3)
-    return fwd, bwd, tot
+            out["fwd"].append((t1 - t0) * 1e3)
+            out["bwd"].append((t2 - t1) * 1e3)
+            out["total"].append((t2 - t0) * 1e3)
+            out["cpu_total"].append((c2 - c0) * 1e3)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ child processes
@@ -152,6 +158,8 @@ def add_naive_ratios(results: list[Result]) -> None:
             continue
         if r.total_ms and ref.total_ms:
             r.extra["x_naive_time"] = r.total_ms.median / ref.total_ms.median
+        if r.cpu_total_ms and ref.cpu_total_ms:
+            r.extra["x_naive_cpu_time"] = r.cpu_total_ms.median / ref.cpu_total_ms.median
         if r.peak_extra_bytes is not None and ref.peak_extra_bytes:
             r.extra["x_naive_memory"] = r.peak_extra_bytes / ref.peak_extra_bytes
 
@@ -160,7 +168,8 @@ def _f(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-COLUMNS = ["provider", "loss", "N", "V", "fwd ms", "bwd ms", "total ms", "p20-p80", "x naive", "peak extra",
+COLUMNS = ["provider", "loss", "N", "V", "fwd ms", "bwd ms", "total ms", "p20-p80", "x naive", "cpu ms",
+           "x naive cpu", "peak extra",
            "x logits", "GB/s", "%HBM", "/floor"]
 
 
@@ -173,6 +182,7 @@ def row_cells(r: Result) -> list[str]:
     return head + [
         _f(r.fwd_ms and r.fwd_ms.median, ".1f"), _f(r.bwd_ms and r.bwd_ms.median, ".1f"), _f(t and t.median, ".1f"),
         "-" if t is None else f"{t.p20:.0f}-{t.p80:.0f}", _f(r.extra.get("x_naive_time"), ".2f"),
+        _f(r.cpu_total_ms and r.cpu_total_ms.median, ".1f"), _f(r.extra.get("x_naive_cpu_time"), ".2f"),
         "-" if peak is None else f"{peak / 2**20:.0f} MiB", "-" if peak is None else f"{peak / r.logits_bytes:.2f}",
         _f(r.extra.get("total_GBps"), ".1f"), _f(r.extra.get("total_pct_hbm_peak"), ".1f"),
         _f(r.extra.get("total_over_floor"), ".2f"),
