@@ -33,12 +33,6 @@ from __future__ import annotations
 import os
 import sys
 
-# The test targets run with TRITON_INTERPRET=1 (and a shell may have it exported); timing the interpreter on a GPU
-# would be meaningless. Compiled kernels unless --interpret (a CPU smoke test of this script) is asked for; set
-# before Triton loads. A CPU-mode child (--_child) keeps what its parent set.
-if "--interpret" not in sys.argv and "--_child" not in sys.argv:
-    os.environ["TRITON_INTERPRET"] = "0"
-
 import argparse
 import importlib.util
 import json
@@ -136,4 +130,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # The test targets run with TRITON_INTERPRET=1 (and a shell may have it exported); timing the interpreter on a
+    # GPU would be meaningless. Compiled kernels unless --interpret (a CPU smoke test of this script) is asked for;
+    # set before Triton loads (nothing above imports it), and only when run as a script, not when imported. A
+    # CPU-mode child (--_child) keeps what its parent set.
+    if "--interpret" not in sys.argv and "--_child" not in sys.argv:
+        os.environ["TRITON_INTERPRET"] = "0"
     sys.exit(main())

@@ -15,9 +15,11 @@ BENCH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _kernelbench():
+    before = os.environ.get("TRITON_INTERPRET")
     spec = importlib.util.spec_from_file_location("rlp_bench_kernels_script", BENCH / "kernels.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    assert os.environ.get("TRITON_INTERPRET") == before, "importing the script must not change the environment"
     return script.load_kernelbench()
 
 
