@@ -7,9 +7,16 @@ full float32 ``[N, V]`` log-softmax never exists. Per chunk of rows, in float32:
     x = z / T,  LSE = logsumexp(x),  logp = x_y - LSE,  H = -sum_j p_j log p_j
     backward: dz_j = [g (delta_jy - p_j) - c p_j (log p_j + H)] / T,   g = dL/dlogp, c = dL/dH
 
-Only ``max z``, ``LSE`` and ``H`` ([N] float32) are saved; the backward recomputes each chunk's softmax. Peak extra
-memory: about two float32 chunks (``chunk_rows x V``) plus the gradient buffer, which ``inplace_backward``
-replaces by the logits buffer itself.
+Only ``max z``, ``LSE`` and ``H`` ([N] float32) are saved; the backward recomputes each chunk's softmax. Two
+float32 work buffers of one chunk each are allocated once per call (not per chunk: on CPU a large block freed and
+re-allocated is unmapped and faulted in again), plus the gradient buffer, which ``inplace_backward`` replaces by
+the logits buffer itself. On CPU a chunk is cache-sized (``DEFAULT_CPU_CHUNK_BYTES``); on other devices it is 64 MiB.
+
+Passes over a chunk (CPU, no entropy): forward 5 (block maxima, ``z - max`` read straight from the logits, ``/T``,
+``exp``, ``sum``; the label's log-prob is gathered, not a whole log-softmax row), backward 6 (``z - max``, ``/T``,
+``- LSE``, ``exp``, ``* -g``, ``/T`` written straight into the gradient). The results are the same bits as the
+straightforward sequence (copy, max with indices, ..., a full log-softmax chunk), which tests/kernels/
+test_chunked_bits.py keeps as a frozen reference.
 """
 
 from __future__ import annotations
@@ -22,12 +29,18 @@ from ..tensor_checks import check_finite_rows, check_labels, check_logits, check
 
 __all__ = ["check_temperature", "chunked_token_logprobs", "default_chunk_rows"]
 
-#: Default size of one float32 chunk: 64 MiB, i.e. ~110 rows at V = 151,936.
+#: Default size of one float32 chunk off the CPU: 64 MiB, i.e. ~110 rows at V = 151,936.
 DEFAULT_CHUNK_BYTES = 64 * 2**20
+#: Default size of one float32 chunk on CPU: the two work buffers stay in a core's L2 cache (3 rows at V = 151,936).
+DEFAULT_CPU_CHUNK_BYTES = 2 * 2**20
+
+_BLOCK = 256  # width of the blocks whose maxima locate each row's first maximum
 
 
-def default_chunk_rows(vocab: int) -> int:
-    return max(1, DEFAULT_CHUNK_BYTES // (4 * max(vocab, 1)))
+def default_chunk_rows(vocab: int, device: torch.device | str = "cpu") -> int:
+    """Rows per chunk: ``DEFAULT_CPU_CHUNK_BYTES`` of float32 on CPU, ``DEFAULT_CHUNK_BYTES`` elsewhere."""
+    budget = DEFAULT_CPU_CHUNK_BYTES if torch.device(device).type == "cpu" else DEFAULT_CHUNK_BYTES
+    return max(1, budget // (4 * max(vocab, 1)))
 
 
 def _row_chunks(t: torch.Tensor, chunk_rows: int) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -45,42 +58,74 @@ def _row_chunks(t: torch.Tensor, chunk_rows: int) -> Iterator[tuple[int, int, to
             yield i * tt + c0, i * tt + c1, t[i, c0:c1]
 
 
+def _work_buffers(logits: torch.Tensor, chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two float32 [rows of the largest chunk, V] buffers, allocated once per call."""
+    longest = logits.shape[0] if logits.dim() == 2 else logits.shape[1]
+    shape = (max(1, min(chunk_rows, longest)), logits.shape[-1])
+    return (torch.empty(shape, dtype=torch.float32, device=logits.device),
+            torch.empty(shape, dtype=torch.float32, device=logits.device))
+
+
+def _row_max_first_index(view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``view.max(dim=-1)`` (value, index of the first maximum) without its index-tracking reduction, which on CPU
+    costs ~10-30x an ``amax``: maxima of blocks of ``_BLOCK`` columns, the first block that holds the row maximum,
+    then the first position in it. A row holding NaN gets NaN and an arbitrary index (its results are NaN anyway)."""
+    rows, vocab = view.shape
+    blocks = vocab // _BLOCK
+    if view.device.type != "cpu" or view.stride(-1) != 1 or blocks < 2:
+        return view.max(dim=-1)
+    block_max = view[:, : blocks * _BLOCK].view(rows, blocks, _BLOCK).amax(-1)
+    if blocks * _BLOCK < vocab:
+        block_max = torch.cat([block_max, view[:, blocks * _BLOCK:].amax(-1, keepdim=True)], dim=-1)
+    row_max = block_max.amax(-1)
+    first_block = (block_max == row_max.unsqueeze(-1)).to(torch.uint8).argmax(-1)
+    cols = (first_block.unsqueeze(-1) * _BLOCK + torch.arange(_BLOCK, device=view.device)).clamp_(max=vocab - 1)
+    within = (view.gather(-1, cols) == row_max.unsqueeze(-1)).to(torch.uint8).argmax(-1, keepdim=True)
+    return row_max, cols.gather(-1, within).squeeze(-1)
+
+
 def _forward(logits: torch.Tensor, labels: torch.Tensor, temperature: float, return_entropy: bool,
              ignore_index: int, chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logp, entropy, max z, LSE - max z / T): the first two of shape ``logits.shape[:-1]`` (entropy zeros unless
     ``return_entropy``), the saved row statistics [rows]."""
     rows = labels.numel()
+    dev = logits.device
     valid = labels != ignore_index
     safe = torch.where(valid, labels, torch.zeros_like(labels))
-    logp = torch.zeros(rows, dtype=torch.float32, device=logits.device)
-    lse = torch.zeros(rows, dtype=torch.float32, device=logits.device)  # LSE - max z / T
-    maxz = torch.zeros(rows, dtype=torch.float32, device=logits.device)
-    ent = torch.zeros(rows, dtype=torch.float32, device=logits.device)
+    logp = torch.empty(rows, dtype=torch.float32, device=dev)
+    lse = torch.empty(rows, dtype=torch.float32, device=dev)  # LSE - max z / T
+    maxz = torch.empty(rows, dtype=torch.float32, device=dev)
+    ent = (torch.empty if return_entropy else torch.zeros)(rows, dtype=torch.float32, device=dev)
     with torch.no_grad():
+        x_buf, e_buf = _work_buffers(logits, chunk_rows)
         for r0, r1, view in _row_chunks(logits, chunk_rows):
-            # copy=True: for float32 logits .to() would alias them and the in-place ops below would corrupt them.
-            x = view.to(torch.float32, copy=True)
+            x, e = x_buf[: r1 - r0], e_buf[: r1 - r0]
+            row_max, arg_max = _row_max_first_index(view)
+            row_max = row_max.to(torch.float32)  # exact: the maximum of the values converted one by one
             # Subtract the row max in raw units before scaling by 1/T: z - max is (nearly) exact, so log p
-            # keeps its precision at |z/T| ~ 1e4, where z/T - LSE would lose ~|z/T| * 2**-24.
-            row_max, arg_max = x.max(dim=-1)
-            x.sub_(row_max.unsqueeze(-1)).div_(temperature)  # division: no 1/T rounding bias
+            # keeps its precision at |z/T| ~ 1e4, where z/T - LSE would lose ~|z/T| * 2**-24. The subtraction
+            # reads the logits in their own dtype and computes in float32 (no separate float32 copy).
+            torch.sub(view, row_max.unsqueeze(-1), out=x)
+            x.div_(temperature)  # division: no 1/T rounding bias
             # LSE - max/T = log1p(sum of the other terms): the max's term is exactly 1, and log(1 + r) would
             # round r to float32 steps of 6e-8 for confident rows (p_max -> 1), and 1 - p_y with it.
-            e = x.exp()
+            torch.exp(x, out=e)
             e.scatter_(-1, arg_max.unsqueeze(-1), 0.0)
             rel_lse = torch.log1p(e.sum(dim=-1))  # in [0, log V]
-            del e
-            x.sub_(rel_lse.unsqueeze(-1))  # x = log p
-            logp[r0:r1] = x.gather(-1, safe[r0:r1].unsqueeze(-1)).squeeze(-1)
+            # log p_y = x_y - rel_lse: the label's element only, not a whole log-softmax chunk.
+            logp[r0:r1] = x.gather(-1, safe[r0:r1].unsqueeze(-1)).squeeze(-1).sub_(rel_lse)
             maxz[r0:r1] = row_max
             lse[r0:r1] = rel_lse
             if return_entropy:
-                p = x.exp()
-                # -inf logits: p = 0 and 0 * -inf = NaN, whose true value is 0.
-                ent[r0:r1] = -p.mul_(x).nan_to_num_(nan=0.0).sum(-1)
-                del p
-            del x
-        zero = torch.zeros((), dtype=torch.float32, device=logits.device)
+                x.sub_(rel_lse.unsqueeze(-1))  # log p
+                plogp = torch.exp(x, out=e).mul_(x)
+                h = plogp.sum(-1)
+                # -inf logits: p = 0 and 0 * -inf = NaN, whose true value is 0 (the only NaN a finite row makes,
+                # so rows without one skip the pass).
+                if dev.type != "cpu" or bool(h.isnan().any()):
+                    h = plogp.nan_to_num_(nan=0.0).sum(-1)
+                ent[r0:r1] = -h
+        zero = torch.zeros((), dtype=torch.float32, device=dev)
         logp = torch.where(valid, logp, zero)
         if return_entropy:
             ent = torch.where(valid, ent, zero)
@@ -109,24 +154,30 @@ def _backward_into(out: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
     if use_entropy:
         p_y = logp.exp()
         label_grad = label_grad - c * p_y * (logp + ent)
+    neg_g = -g
+    all_valid = dev.type == "cpu" and bool(valid.all())
     inv_temp = 1.0 / temperature
     with torch.no_grad():
+        x_buf, p_buf = _work_buffers(logits, chunk_rows)
         for (r0, r1, view), (_, _, out_view) in zip(_row_chunks(logits, chunk_rows), _row_chunks(out, chunk_rows)):
-            x = view.to(torch.float32, copy=True).sub_(maxz[r0:r1].unsqueeze(-1))
+            x, p = x_buf[: r1 - r0], p_buf[: r1 - r0]
+            torch.sub(view, maxz[r0:r1].unsqueeze(-1), out=x)
             x.div_(temperature).sub_(lse[r0:r1].unsqueeze(-1))  # log p
-            p = x.exp()
+            torch.exp(x, out=p)
             if use_entropy:
                 term = x.add_(ent[r0:r1].unsqueeze(-1)).mul_(p).nan_to_num_(nan=0.0)
                 term.mul_(c[r0:r1].unsqueeze(-1))
-                dz = p.mul_(-g[r0:r1].unsqueeze(-1)).sub_(term)
+                dz = p.mul_(neg_g[r0:r1].unsqueeze(-1)).sub_(term)
             else:
-                dz = p.mul_(-g[r0:r1].unsqueeze(-1))
-            del x
+                dz = p.mul_(neg_g[r0:r1].unsqueeze(-1))
             dz.scatter_(-1, safe[r0:r1].unsqueeze(-1), label_grad[r0:r1].unsqueeze(-1))
-            dz.mul_(inv_temp)
-            dz.masked_fill_(~valid[r0:r1].unsqueeze(-1), 0.0)
-            out_view.copy_(dz)
-            del dz, p
+            if not all_valid:  # ignored rows: exactly zero (0 / T is 0 below)
+                chunk_valid = valid[r0:r1]
+                if dev.type != "cpu" or not bool(chunk_valid.all()):
+                    dz.masked_fill_(~chunk_valid.unsqueeze(-1), 0.0)
+            # Scaled in float32 and rounded once to the gradient's dtype, straight into it (``out`` may alias
+            # ``logits``: this chunk's logits were read above).
+            torch.mul(dz, inv_temp, out=out_view)
 
 
 # The chunked path as torch.library custom ops: opaque to torch.compile (the Python row loop is never traced), with
@@ -227,15 +278,16 @@ def chunked_token_logprobs(
     """Pure-torch twin of ``rlplugins.kernels.token_logprobs`` (same arguments, same results and gradients).
 
     ``logp_t = z_{t,y_t}/T - logsumexp_j(z_{t,j}/T)``; ``H_t = -sum_j p_tj log p_tj``. ``chunk_rows`` rows are
-    processed at a time (default: 64 MiB of float32 per chunk). Returns float32 ``logp`` (and ``entropy``)
-    of shape ``labels.shape``; ignored rows give 0 and a zero gradient row.
+    processed at a time (default ``default_chunk_rows``: 2 MiB of float32 per chunk on CPU, 64 MiB elsewhere).
+    Returns float32 ``logp`` (and ``entropy``) of shape ``labels.shape``; ignored rows give 0 and a zero gradient
+    row.
     """
     flat = check_logits_and_labels(logits, labels, ignore_index)
     temperature = check_temperature(temperature)
     if inplace_backward:
         check_no_overlap("logits", logits)
     if chunk_rows is None:
-        chunk_rows = default_chunk_rows(logits.shape[-1])
+        chunk_rows = default_chunk_rows(logits.shape[-1], logits.device)
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
     logp, ent, _, _ = chunked_logprobs_op(
