@@ -47,6 +47,30 @@ def take_random(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     return x[torch.randperm(x.numel(), generator=gen)[:k]]
 
 
+def take_random_valid(
+    x: torch.Tensor, k: int, gen: torch.Generator, invalid: torch.Tensor, attempts: int = 4
+) -> torch.Tensor | None:
+    """``k`` distinct elements of ``x`` not flagged in ``invalid`` (a mask over their values), uniformly at random,
+    in O(k) when most of ``x`` is valid: draws with replacement, keeps first occurrences of valid elements.
+
+    The first occurrences of i.i.d. uniform draws are a uniform sample without replacement, so this has the law of
+    `take_random` over the valid elements (not its random stream). None when ``attempts`` rounds of draws did not
+    find ``k`` (mostly invalid ``x``, or ``k`` close to ``len(x)``): the caller takes the O(len(x)) path.
+    """
+    k = int(k)
+    got = x[:0]
+    for _ in range(attempts):
+        draws = x[torch.randint(0, x.numel(), (2 * (k - got.numel()) + 16,), generator=gen)]
+        both = torch.cat([got, draws[~invalid[draws]]])
+        uniq, inverse = torch.unique(both, return_inverse=True)
+        first = torch.full((uniq.numel(),), both.numel(), dtype=torch.int64)
+        first.scatter_reduce_(0, inverse, torch.arange(both.numel()), reduce="amin")
+        got = both[torch.sort(first).values]
+        if got.numel() >= k:
+            return got[:k]
+    return None
+
+
 def top_k_random_ties(items: torch.Tensor, scores: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     """The ``k`` items with the largest scores; equal scores are ordered by a random permutation.
 

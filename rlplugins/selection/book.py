@@ -17,6 +17,7 @@ class MarginBook:
     ``history`` ``[n, K]``: the last K margins (oldest to newest, NaN = missing); ``curv``: latest
     ``rejected_curvature``; ``invalid``: the latest margin was non-finite (never selected until a finite score clears
     it); ``scored_gen`` / ``scored_step``: pool generation and step of the latest *score* (-1 = never).
+    ``num_invalid`` counts the flagged pairs, kept up to date in O(indices) per call (metrics read it in O(1)).
     """
 
     _TENSORS = ("u", "history", "curv", "invalid", "scored_gen", "scored_step")
@@ -29,6 +30,7 @@ class MarginBook:
         self.scored_gen = torch.full((n,), -1, dtype=torch.int64)
         self.scored_step = torch.full((n,), -1, dtype=torch.int64)
         self.nonfinite = 0
+        self.num_invalid = 0
 
     def _append(self, idx: torch.Tensor, u: torch.Tensor) -> None:
         if idx.numel() == 0:
@@ -42,9 +44,12 @@ class MarginBook:
         curv: torch.Tensor | None = None,
     ) -> None:
         """A scoring forward of ``idx``: a non-finite margin flags the pair, a finite one clears the flag."""
-        self.nonfinite += int((~finite).sum())
+        bad = int((~finite).sum())
+        self.nonfinite += bad
         if curv is not None:
             self.curv[idx] = curv.clamp(0.0, 0.25)
+        # indices are unique (checked by the selector), so the count changes by new flags minus cleared ones
+        self.num_invalid += bad - int(self.invalid[idx].sum())
         self.invalid[idx] = ~finite
         self.u[idx] = torch.where(finite, u, torch.full_like(u, math.nan))
         self._append(idx[finite], u[finite])
@@ -56,7 +61,9 @@ class MarginBook:
         (only a finite *score* clears the flag)."""
         finite = torch.isfinite(u)
         self.nonfinite += int((~finite).sum())
-        self.invalid[idx[~finite]] = True
+        flagged = idx[~finite]
+        self.num_invalid += int((~self.invalid[flagged]).sum())
+        self.invalid[flagged] = True
         self.u[idx[finite]] = u[finite]
         self._append(idx[finite], u[finite])
 
@@ -71,3 +78,4 @@ class MarginBook:
         for k in self._TENSORS:
             setattr(self, k, state[k].clone())
         self.nonfinite = int(state["nonfinite"])
+        self.num_invalid = int(self.invalid.sum())
