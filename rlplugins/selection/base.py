@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._checks import check_float_vector, check_index_vector
@@ -129,9 +130,9 @@ class PairSelector(abc.ABC):
         self._ws = WorkingSet(self.shard)
         self._request: torch.Tensor | None = None
         self._received = torch.zeros(n, dtype=torch.bool)
-        # derived (not saved): members of the open request, and how many of them are not fed yet, so that feeding a
-        # request in chunks costs O(chunk) per call, not O(request)
-        self._in_request = torch.zeros(n, dtype=torch.bool)
+        # derived (not saved): members of the open request not fed yet, and how many, so that feeding a request in
+        # chunks costs O(chunk) per call, not O(request)
+        self._unfed = torch.zeros(n, dtype=torch.bool)
         self._outstanding = 0
         # scratch mask for `_fallback` (all False between calls): marking what is taken costs O(taken), not O(N)
         self._scratch = torch.zeros(n, dtype=torch.bool)
@@ -236,8 +237,10 @@ class PairSelector(abc.ABC):
         self._book.record_scores(idx, u, finite, self._pool_gen, self._step, curv)
         self._pairs_scored += int(idx.numel())
         if self._request is not None:
-            self._outstanding -= int((self._in_request[idx] & ~self._received[idx]).sum())
-            self._received[idx] = True
+            i, unfed = idx.numpy(), self._unfed.numpy()
+            self._outstanding -= int(np.count_nonzero(unfed[i]))
+            unfed[i] = False
+            self._received.numpy()[i] = True
             if self._outstanding == 0:
                 self._close(partial=False)
 
@@ -396,11 +399,11 @@ class PairSelector(abc.ABC):
         for key in present:
             setattr(self, key, self._copy(fields[key]))
         self._gen.set_state(gen_state)
-        self._in_request = torch.zeros(self.num_pairs, dtype=torch.bool)
+        self._unfed = torch.zeros(self.num_pairs, dtype=torch.bool)
         self._outstanding = 0
         if self._request is not None:
-            self._in_request[self._request] = True
-            self._outstanding = int((~self._received[self._request]).sum())
+            self._unfed[self._request] = ~self._received[self._request]
+            self._outstanding = int(self._unfed.sum())
         self._after_load()
 
     #: index tensors whose length changes during training (pool, working set, open request, ...)
@@ -419,7 +422,7 @@ class PairSelector(abc.ABC):
 
     def _check_indices(self, indices: torch.Tensor) -> torch.Tensor:
         idx = check_index_vector("indices", indices, self.num_pairs)
-        if idx.numel() and not bool(self._in_shard[idx].all()):
+        if self.num_replicas > 1 and idx.numel() and not bool(self._in_shard[idx].all()):
             bad = idx[~self._in_shard[idx]][:5].tolist()
             raise ValueError(f"indices {bad} are not in rank {self.rank}'s shard (see selector.shard)")
         return idx
@@ -430,14 +433,14 @@ class PairSelector(abc.ABC):
     def _open(self, request: torch.Tensor) -> None:
         self._request = request.clone()
         self._received[request] = False
-        self._in_request[request] = True
+        self._unfed[request] = True
         self._outstanding = int(request.numel())  # requests hold unique indices
 
     def _close(self, partial: bool) -> None:
         req = self._request
         assert req is not None
         self._request = None
-        self._in_request[req] = False
+        self._unfed[req] = False
         self._outstanding = 0
         self._rounds += 1
         self._on_scores(req, partial)
