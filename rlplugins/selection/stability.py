@@ -144,21 +144,24 @@ def pool_statistics(pool_u: torch.Tensor, config, pool_groups: torch.Tensor | No
 
 
 def _peer_z_from(u: torch.Tensor, peers: dict, groups: torch.Tensor | None) -> torch.Tensor:
-    """`peer_z` from `pool_statistics`: 0 for a group absent from the pool or without spread."""
-
-    def z(x: torch.Tensor, key) -> torch.Tensor:
-        med_mad = peers.get(key)
-        if med_mad is None or not med_mad[1] > 0:
-            return torch.zeros_like(x)
-        return (x - med_mad[0]) / med_mad[1]
-
+    """`peer_z` from `pool_statistics`: 0 for a group absent from the pool or without spread. One gather of the
+    per-group (median, MAD) instead of a pass per group; the same arithmetic, so the same values."""
     if groups is None:
-        return z(u, None)
-    out = torch.zeros_like(u)
-    for g in torch.unique(groups).tolist():
-        sel = groups == g
-        out[sel] = z(u[sel], g)
-    return out
+        med_mad = peers.get(None)
+        if med_mad is None or not med_mad[1] > 0:
+            return torch.zeros_like(u)
+        return (u - med_mad[0]) / med_mad[1]
+    if groups.numel() == 0:
+        return torch.zeros_like(u)
+    size = int(groups.max()) + 1
+    med = torch.zeros(size, dtype=u.dtype)
+    mad = torch.ones(size, dtype=u.dtype)
+    spread = torch.zeros(size, dtype=torch.bool)
+    for g, (m, d) in peers.items():
+        if g is not None and 0 <= g < size and d > 0:
+            med[g], mad[g], spread[g] = m, d, True
+    z = (u - med[groups]) / mad[groups]
+    return torch.where(spread[groups], z, torch.zeros_like(z))
 
 
 def masks_from_statistics(
