@@ -29,21 +29,30 @@ change anything beyond step 1. The veRL wrapper creates one by refilling evicted
 over-dispatching prompts (SAGE's online batch variant: draw B / rho candidates, keep the best B).
 
 State (histories, competence, admitted tiers, pending observations) round-trips through ``state_dict`` /
-``load_state_dict`` as plain JSON-compatible data, so a resumed run makes the same choices.
+``load_state_dict`` as plain JSON-compatible data, so a resumed run makes the same choices. The per-prompt
+histories live in one array (a row per prompt, an LRU map from prompt key to row), and the state holds them as one
+base64 string, so saving and loading a million prompts builds no per-prompt Python objects (version 2; a version-1
+state, with a list per prompt, still loads).
 """
 
 from __future__ import annotations
 
+import base64
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from rlplugins.losses.config import suggest_field_names, unknown_field_error
 
-STATE_VERSION = 1
-# Keys load_state_dict reads (besides "version"); "config" is informative only.
-_STATE_KEYS = ("histories", "pending", "order", "competence", "admitted_tiers", "round", "rounds")
+STATE_VERSION = 2
+# Keys load_state_dict reads (besides "version"); "config" is informative only. Version 1 had "histories" (a
+# [key, [pass rates]] list per prompt) where version 2 has "prompts" (keys, histories as base64 float64 rows, lengths).
+_STATE_KEYS = ("prompts", "pending", "order", "competence", "admitted_tiers", "round", "rounds")
+_STATE_KEYS_V1 = ("histories",) + _STATE_KEYS[1:]
+_MIN_ROWS = 1024
 
 
 def _check_number(name: str, value: Any, low: float | None = None, high: float | None = None,
@@ -168,7 +177,11 @@ class PromptGroupSelector:
         elif not isinstance(config, PromptGroupSelectorConfig):
             raise TypeError(f"config must be a PromptGroupSelectorConfig, a mapping or None, got {type(config).__name__}")
         self.config = config
-        self._histories: OrderedDict[str, list[float]] = OrderedDict()
+        # per-prompt pass-rate histories: row self._rows[key] of self._hist (oldest first), self._len[row] entries;
+        # the OrderedDict is the LRU order (most recently seen last)
+        self._rows: OrderedDict[str, int] = OrderedDict()
+        self._hist = np.full((0, config.history_size), np.nan)
+        self._len = np.zeros(0, dtype=np.int64)
         self._pending: dict[str, GroupObservation] = {}
         self._order = 0
         self._competence: float | None = None
@@ -192,7 +205,25 @@ class PromptGroupSelector:
         return self._pending.get(group_id)
 
     def history(self, prompt_key: str) -> tuple[float, ...]:
-        return tuple(self._histories.get(prompt_key, ()))
+        row = self._rows.get(prompt_key)
+        return () if row is None else tuple(self._hist[row, : self._len[row]].tolist())
+
+    def _row_for(self, prompt_key: str) -> int:
+        """The history row of ``prompt_key``, now the most recently seen; a new prompt takes a free row or, at
+        ``max_prompts``, the row of the least recently seen prompt (bounded LRU)."""
+        row = self._rows.pop(prompt_key, None)
+        if row is None:
+            if len(self._rows) >= self.config.max_prompts:
+                _, row = self._rows.popitem(last=False)
+            else:
+                row = len(self._rows)  # rows stay dense: one is freed only to be reused at once
+                if row >= self._hist.shape[0]:
+                    cap = min(self.config.max_prompts, max(_MIN_ROWS, 2 * self._hist.shape[0]))
+                    self._hist = np.concatenate([self._hist, np.full((cap - row, self._hist.shape[1]), np.nan)])
+                    self._len = np.concatenate([self._len, np.zeros(cap - row, dtype=np.int64)])
+            self._len[row] = 0
+        self._rows[prompt_key] = row
+        return row
 
     def observe(self, group_id: str, prompt_key: str, scores: Sequence[float]) -> GroupObservation:
         """Record a finished group once; observing the same ``group_id`` again returns the stored record."""
@@ -208,12 +239,16 @@ class PromptGroupSelector:
         cfg = self.config
         passes = sum(1 for v in values if v >= cfg.success_threshold)
         p = passes / len(values)
-        history = self._histories.pop(prompt_key, [])
-        history.append(p)
-        del history[: max(0, len(history) - cfg.history_size)]
-        self._histories[prompt_key] = history  # most recently seen last (bounded LRU)
-        while len(self._histories) > cfg.max_prompts:
-            self._histories.popitem(last=False)
+        row = self._row_for(prompt_key)
+        h, n_hist = self._hist[row], int(self._len[row])
+        if n_hist < cfg.history_size:
+            h[n_hist] = p
+            n_hist += 1
+            self._len[row] = n_hist
+        else:
+            h[:-1] = h[1:].copy()
+            h[-1] = p
+        history = h[:n_hist].tolist()
         std = _pstdev(history)
         # p in {0, 1} covers DAPO's criterion too: equal scores cannot straddle the threshold.
         degenerate = p in (0.0, 1.0)
@@ -318,11 +353,18 @@ class PromptGroupSelector:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-compatible state: everything ``select`` depends on."""
+        """JSON-compatible state: everything ``select`` depends on (histories as one base64 string, in LRU order)."""
+        n = len(self._rows)
+        rows = np.fromiter(self._rows.values(), dtype=np.int64, count=n)
         return {
             "version": STATE_VERSION,
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.config).items()},
-            "histories": [[key, list(hist)] for key, hist in self._histories.items()],
+            "prompts": {
+                "keys": list(self._rows),
+                "history_size": int(self._hist.shape[1]),
+                "history": base64.b64encode(np.ascontiguousarray(self._hist[rows], dtype="<f8").tobytes()).decode(),
+                "lengths": base64.b64encode(self._len[rows].astype("<u2").tobytes()).decode(),
+            },
             "pending": [asdict(o) for o in sorted(self._pending.values(), key=lambda o: o.order)],
             "order": self._order,
             "competence": self._competence,
@@ -332,26 +374,36 @@ class PromptGroupSelector:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore ``state_dict()`` output. The selector keeps its own config (a resumed run may change it)."""
-        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
-            found = state.get("version") if isinstance(state, Mapping) else type(state).__name__
-            raise ValueError(f"PromptGroupSelector state must have version {STATE_VERSION}, got {found!r}")
-        missing = [k for k in _STATE_KEYS if k not in state]
+        """Restore ``state_dict()`` output (version 2, or version 1 written by earlier releases). The selector keeps
+        its own config (a resumed run may change it: histories are cut to ``history_size``, the least recently seen
+        prompts beyond ``max_prompts`` are dropped)."""
+        version = state.get("version") if isinstance(state, Mapping) else None
+        if version not in (1, STATE_VERSION):
+            found = version if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"PromptGroupSelector state must have version 1 or {STATE_VERSION}, got {found!r}")
+        keys_needed = _STATE_KEYS if version == STATE_VERSION else _STATE_KEYS_V1
+        missing = [k for k in keys_needed if k not in state]
         if missing:
             raise ValueError(f"PromptGroupSelector state lacks key(s) {', '.join(missing)}: pass the dict returned by "
-                             f"state_dict() (keys: {', '.join(_STATE_KEYS)})")
+                             f"state_dict() (keys: {', '.join(keys_needed)})")
         cfg = self.config
-        histories: OrderedDict[str, list[float]] = OrderedDict()
-        for key, hist in state["histories"]:
-            histories[str(key)] = [float(v) for v in hist][-cfg.history_size:]
-        while len(histories) > cfg.max_prompts:
-            histories.popitem(last=False)
+        if version == 1:
+            keys = [str(key) for key, _ in state["histories"]]
+            k_saved = max([cfg.history_size] + [len(h) for _, h in state["histories"]])
+            hist = np.full((len(keys), k_saved), np.nan)
+            lens = np.zeros(len(keys), dtype=np.int64)
+            for r, (_, h) in enumerate(state["histories"]):
+                hist[r, : len(h)] = [float(v) for v in h]
+                lens[r] = len(h)
+        else:
+            hist, lens, keys = _decode_prompts(state["prompts"])
+        rows, hist, lens = _fit_histories(keys, hist, lens, cfg.history_size, cfg.max_prompts)
         pending = {}
         for item in state["pending"]:
             obs = GroupObservation(**item)
             pending[obs.group_id] = obs
         round_sum, round_count, round_degenerate = state["round"]
-        self._histories = histories
+        self._rows, self._hist, self._len = rows, hist, lens
         self._pending = pending
         self._order = int(state["order"])
         self._competence = None if state["competence"] is None else float(state["competence"])
@@ -360,6 +412,50 @@ class PromptGroupSelector:
             self._admitted = cfg.num_tiers
         self._round_sum, self._round_count, self._round_degenerate = float(round_sum), int(round_count), int(round_degenerate)
         self._rounds = int(state["rounds"])
+
+
+def _decode_prompts(prompts: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The arrays of a version-2 ``prompts`` entry, checked for consistent sizes."""
+    if not isinstance(prompts, Mapping) or not {"keys", "history_size", "history", "lengths"} <= prompts.keys():
+        raise ValueError("PromptGroupSelector state field prompts must hold keys, history_size, history and lengths")
+    keys = prompts["keys"]
+    k = int(prompts["history_size"])
+    try:
+        hist = np.frombuffer(base64.b64decode(prompts["history"]), dtype="<f8").astype(np.float64)
+        lens = np.frombuffer(base64.b64decode(prompts["lengths"]), dtype="<u2").astype(np.int64)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"PromptGroupSelector state field prompts is corrupted: {err}") from None
+    if not isinstance(keys, list) or k < 1 or hist.size != len(keys) * k or lens.size != len(keys) or (
+        lens.size and int(lens.max()) > k
+    ):
+        raise ValueError(
+            f"PromptGroupSelector state field prompts is inconsistent: {len(keys) if isinstance(keys, list) else '?'} "
+            f"keys, {hist.size} history values, {lens.size} lengths, history_size {k}"
+        )
+    return hist.reshape(len(keys), k), lens, keys
+
+
+def _fit_histories(
+    keys: list[str], hist: np.ndarray, lens: np.ndarray, history_size: int, max_prompts: int
+) -> tuple[OrderedDict[str, int], np.ndarray, np.ndarray]:
+    """Rows for ``keys`` (LRU order, least recent first): the last ``max_prompts`` prompts, each history cut to its
+    last ``history_size`` entries (a resumed run may shrink either)."""
+    if len(keys) > max_prompts:
+        cut = len(keys) - max_prompts
+        keys, hist, lens = keys[cut:], hist[cut:], lens[cut:]
+    n = len(keys)
+    new_len = np.minimum(lens, history_size)
+    cols = np.arange(history_size)
+    src = (lens - new_len)[:, None] + cols[None, :]  # the last new_len entries, oldest first
+    keep = cols[None, :] < new_len[:, None]
+    cap = min(max_prompts, max(_MIN_ROWS, n))
+    out = np.full((cap, history_size), np.nan)
+    if n:
+        taken = np.take_along_axis(hist, np.minimum(src, hist.shape[1] - 1), axis=1)
+        out[:n] = np.where(keep, taken, np.nan)
+    lengths = np.zeros(cap, dtype=np.int64)
+    lengths[:n] = new_len
+    return OrderedDict(zip(keys, range(n))), out, lengths
 
 
 def _pstdev(values: Sequence[float]) -> float:
