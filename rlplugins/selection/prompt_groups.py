@@ -30,8 +30,8 @@ over-dispatching prompts (SAGE's online batch variant: draw B / rho candidates, 
 
 State (histories, competence, admitted tiers, pending observations) round-trips through ``state_dict`` /
 ``load_state_dict`` as plain JSON-compatible data, so a resumed run makes the same choices. The per-prompt
-histories live in one array (a row per prompt, an LRU map from prompt key to row), and the state holds them as one
-base64 string, so saving and loading a million prompts builds no per-prompt Python objects (version 2; a version-1
+histories live in one array (a row per prompt, a dict from prompt key to row, a last-seen stamp per row for the LRU
+bound), and the state holds them as base64 strings, so saving and loading a million prompts builds no per-prompt Python objects (version 2; a version-1
 state, with a list per prompt, still loads).
 """
 
@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections import OrderedDict
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -177,11 +177,16 @@ class PromptGroupSelector:
         elif not isinstance(config, PromptGroupSelectorConfig):
             raise TypeError(f"config must be a PromptGroupSelectorConfig, a mapping or None, got {type(config).__name__}")
         self.config = config
-        # per-prompt pass-rate histories: row self._rows[key] of self._hist (oldest first), self._len[row] entries;
-        # the OrderedDict is the LRU order (most recently seen last)
-        self._rows: OrderedDict[str, int] = OrderedDict()
+        # per-prompt pass-rate histories: row self._rows[key] of self._hist (oldest first), self._len[row] entries,
+        # self._stamp[row] when the prompt was last seen; rows are dense (0 .. len-1), self._keys[row] is the key
+        self._rows: dict[str, int] = {}
+        self._keys: list[str] = []
         self._hist = np.full((0, config.history_size), np.nan)
         self._len = np.zeros(0, dtype=np.int64)
+        self._stamp = np.zeros(0, dtype=np.int64)
+        self._clock = 0
+        # LRU queue: (row, stamp) of every touch in time order, stale entries skipped; None = rebuild from the stamps
+        self._lru: tuple[deque, deque] | None = (deque(), deque())
         self._pending: dict[str, GroupObservation] = {}
         self._order = 0
         self._competence: float | None = None
@@ -209,21 +214,46 @@ class PromptGroupSelector:
         return () if row is None else tuple(self._hist[row, : self._len[row]].tolist())
 
     def _row_for(self, prompt_key: str) -> int:
-        """The history row of ``prompt_key``, now the most recently seen; a new prompt takes a free row or, at
+        """The history row of ``prompt_key``, stamped as the most recently seen; a new prompt takes a new row or, at
         ``max_prompts``, the row of the least recently seen prompt (bounded LRU)."""
-        row = self._rows.pop(prompt_key, None)
+        self._clock += 1
+        row = self._rows.get(prompt_key)
         if row is None:
             if len(self._rows) >= self.config.max_prompts:
-                _, row = self._rows.popitem(last=False)
+                row = self._evict_least_recent()
+                self._keys[row] = prompt_key
             else:
                 row = len(self._rows)  # rows stay dense: one is freed only to be reused at once
                 if row >= self._hist.shape[0]:
-                    cap = min(self.config.max_prompts, max(_MIN_ROWS, 2 * self._hist.shape[0]))
-                    self._hist = np.concatenate([self._hist, np.full((cap - row, self._hist.shape[1]), np.nan)])
-                    self._len = np.concatenate([self._len, np.zeros(cap - row, dtype=np.int64)])
+                    self._grow(min(self.config.max_prompts, max(_MIN_ROWS, 2 * self._hist.shape[0])))
+                self._keys.append(prompt_key)
+            self._rows[prompt_key] = row
             self._len[row] = 0
-        self._rows[prompt_key] = row
+        self._stamp[row] = self._clock
+        if self._lru is not None:
+            rows, stamps = self._lru
+            rows.append(row)
+            stamps.append(self._clock)
+            if len(rows) > 2 * len(self._rows) + _MIN_ROWS:
+                self._lru = None  # mostly stale entries: rebuilt from the stamps at the next eviction
         return row
+
+    def _grow(self, cap: int) -> None:
+        n = self._hist.shape[0]
+        self._hist = np.concatenate([self._hist, np.full((cap - n, self._hist.shape[1]), np.nan)])
+        self._len = np.concatenate([self._len, np.zeros(cap - n, dtype=np.int64)])
+        self._stamp = np.concatenate([self._stamp, np.zeros(cap - n, dtype=np.int64)])
+
+    def _evict_least_recent(self) -> int:
+        if self._lru is None:
+            order = np.argsort(self._stamp[: len(self._rows)], kind="stable")
+            self._lru = (deque(order.tolist()), deque(self._stamp[order].tolist()))
+        rows, stamps = self._lru
+        while True:
+            row, stamp = rows.popleft(), stamps.popleft()
+            if self._stamp[row] == stamp:
+                del self._rows[self._keys[row]]
+                return row
 
     def observe(self, group_id: str, prompt_key: str, scores: Sequence[float]) -> GroupObservation:
         """Record a finished group once; observing the same ``group_id`` again returns the stored record."""
@@ -353,17 +383,18 @@ class PromptGroupSelector:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-compatible state: everything ``select`` depends on (histories as one base64 string, in LRU order)."""
+        """JSON-compatible state: everything ``select`` depends on (per-prompt arrays as base64 strings)."""
         n = len(self._rows)
-        rows = np.fromiter(self._rows.values(), dtype=np.int64, count=n)
         return {
             "version": STATE_VERSION,
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.config).items()},
             "prompts": {
-                "keys": list(self._rows),
+                "keys": self._keys[:n],
                 "history_size": int(self._hist.shape[1]),
-                "history": base64.b64encode(np.ascontiguousarray(self._hist[rows], dtype="<f8").tobytes()).decode(),
-                "lengths": base64.b64encode(self._len[rows].astype("<u2").tobytes()).decode(),
+                "history": _b64(self._hist[:n], "<f8"),
+                "lengths": _b64(self._len[:n], "<u2"),
+                "last_seen": _b64(self._stamp[:n], "<i8"),
+                "clock": self._clock,
             },
             "pending": [asdict(o) for o in sorted(self._pending.values(), key=lambda o: o.order)],
             "order": self._order,
@@ -387,7 +418,7 @@ class PromptGroupSelector:
             raise ValueError(f"PromptGroupSelector state lacks key(s) {', '.join(missing)}: pass the dict returned by "
                              f"state_dict() (keys: {', '.join(keys_needed)})")
         cfg = self.config
-        if version == 1:
+        if version == 1:  # a [key, [pass rates]] list per prompt, least recently seen first
             keys = [str(key) for key, _ in state["histories"]]
             k_saved = max([cfg.history_size] + [len(h) for _, h in state["histories"]])
             hist = np.full((len(keys), k_saved), np.nan)
@@ -395,15 +426,20 @@ class PromptGroupSelector:
             for r, (_, h) in enumerate(state["histories"]):
                 hist[r, : len(h)] = [float(v) for v in h]
                 lens[r] = len(h)
+            stamps, clock = np.arange(1, len(keys) + 1, dtype=np.int64), len(keys)
         else:
-            hist, lens, keys = _decode_prompts(state["prompts"])
-        rows, hist, lens = _fit_histories(keys, hist, lens, cfg.history_size, cfg.max_prompts)
+            keys, hist, lens, stamps, clock = _decode_prompts(state["prompts"])
+        keys, hist, lens, stamps = _fit_histories(keys, hist, lens, stamps, cfg.history_size, cfg.max_prompts)
+        rows = dict(zip(keys, range(len(keys))))
+        if len(rows) != len(keys):
+            raise ValueError("PromptGroupSelector state field prompts holds a prompt key twice")
         pending = {}
         for item in state["pending"]:
             obs = GroupObservation(**item)
             pending[obs.group_id] = obs
         round_sum, round_count, round_degenerate = state["round"]
-        self._rows, self._hist, self._len = rows, hist, lens
+        self._rows, self._keys, self._hist, self._len, self._stamp = rows, keys, hist, lens, stamps
+        self._clock, self._lru = clock, None
         self._pending = pending
         self._order = int(state["order"])
         self._competence = None if state["competence"] is None else float(state["competence"])
@@ -414,48 +450,55 @@ class PromptGroupSelector:
         self._rounds = int(state["rounds"])
 
 
-def _decode_prompts(prompts: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _b64(a: np.ndarray, dtype: str) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, dtype=dtype).tobytes()).decode()
+
+
+def _decode_prompts(prompts: Any) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, int]:
     """The arrays of a version-2 ``prompts`` entry, checked for consistent sizes."""
-    if not isinstance(prompts, Mapping) or not {"keys", "history_size", "history", "lengths"} <= prompts.keys():
-        raise ValueError("PromptGroupSelector state field prompts must hold keys, history_size, history and lengths")
+    fields = {"keys", "history_size", "history", "lengths", "last_seen", "clock"}
+    if not isinstance(prompts, Mapping) or not fields <= prompts.keys():
+        raise ValueError(f"PromptGroupSelector state field prompts must hold {', '.join(sorted(fields))}")
     keys = prompts["keys"]
     k = int(prompts["history_size"])
     try:
         hist = np.frombuffer(base64.b64decode(prompts["history"]), dtype="<f8").astype(np.float64)
         lens = np.frombuffer(base64.b64decode(prompts["lengths"]), dtype="<u2").astype(np.int64)
+        stamps = np.frombuffer(base64.b64decode(prompts["last_seen"]), dtype="<i8").astype(np.int64)
     except (ValueError, TypeError) as err:
         raise ValueError(f"PromptGroupSelector state field prompts is corrupted: {err}") from None
-    if not isinstance(keys, list) or k < 1 or hist.size != len(keys) * k or lens.size != len(keys) or (
-        lens.size and int(lens.max()) > k
-    ):
+    n = len(keys) if isinstance(keys, list) else -1
+    if n < 0 or k < 1 or hist.size != n * k or lens.size != n or stamps.size != n or (n and int(lens.max()) > k):
         raise ValueError(
-            f"PromptGroupSelector state field prompts is inconsistent: {len(keys) if isinstance(keys, list) else '?'} "
-            f"keys, {hist.size} history values, {lens.size} lengths, history_size {k}"
+            f"PromptGroupSelector state field prompts is inconsistent: {n} keys, {hist.size} history values, "
+            f"{lens.size} lengths, {stamps.size} stamps, history_size {k}"
         )
-    return hist.reshape(len(keys), k), lens, keys
+    return keys, hist.reshape(n, k), lens, stamps, int(prompts["clock"])
 
 
 def _fit_histories(
-    keys: list[str], hist: np.ndarray, lens: np.ndarray, history_size: int, max_prompts: int
-) -> tuple[OrderedDict[str, int], np.ndarray, np.ndarray]:
-    """Rows for ``keys`` (LRU order, least recent first): the last ``max_prompts`` prompts, each history cut to its
-    last ``history_size`` entries (a resumed run may shrink either)."""
+    keys: list[str], hist: np.ndarray, lens: np.ndarray, stamps: np.ndarray, history_size: int, max_prompts: int
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Dense rows for the state's prompts, with room to grow: the ``max_prompts`` most recently seen, each history
+    cut to its last ``history_size`` entries (a resumed run may shrink either)."""
     if len(keys) > max_prompts:
-        cut = len(keys) - max_prompts
-        keys, hist, lens = keys[cut:], hist[cut:], lens[cut:]
+        keep = np.sort(np.argsort(stamps, kind="stable")[len(keys) - max_prompts:])
+        keys = [keys[i] for i in keep.tolist()]
+        hist, lens, stamps = hist[keep], lens[keep], stamps[keep]
     n = len(keys)
     new_len = np.minimum(lens, history_size)
     cols = np.arange(history_size)
     src = (lens - new_len)[:, None] + cols[None, :]  # the last new_len entries, oldest first
-    keep = cols[None, :] < new_len[:, None]
     cap = min(max_prompts, max(_MIN_ROWS, n))
     out = np.full((cap, history_size), np.nan)
     if n:
         taken = np.take_along_axis(hist, np.minimum(src, hist.shape[1] - 1), axis=1)
-        out[:n] = np.where(keep, taken, np.nan)
+        out[:n] = np.where(cols[None, :] < new_len[:, None], taken, np.nan)
     lengths = np.zeros(cap, dtype=np.int64)
     lengths[:n] = new_len
-    return OrderedDict(zip(keys, range(n))), out, lengths
+    last_seen = np.zeros(cap, dtype=np.int64)
+    last_seen[:n] = stamps
+    return list(keys), out, lengths, last_seen
 
 
 def _pstdev(values: Sequence[float]) -> float:
