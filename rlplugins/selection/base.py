@@ -471,19 +471,21 @@ class PairSelector(abc.ABC):
         if need <= 0:
             return torch.empty(0, dtype=torch.int64)
         mask = self._scratch
+        marked = [taken]
         mask[taken] = True
         try:
             a = prefer[~self._invalid[prefer] & ~mask[prefer]]
             fa = take_random(a, need, self._gen)
             if fa.numel() >= need:
                 return fa
+            marked.append(prefer)
             mask[prefer] = True
             b = self.shard[~self._invalid[self.shard] & ~mask[self.shard]]
             fb = take_random(b, need - fa.numel(), self._gen)
             return torch.cat([fa, fb])
         finally:
-            mask[taken] = False
-            mask[prefer] = False
+            for m in marked:  # back to all False, in O(marked)
+                mask[m] = False
 
     def _set_working(self, working: torch.Tensor) -> None:
         self._ws.set(working)

@@ -389,7 +389,7 @@ class PromptGroupSelector:
             "version": STATE_VERSION,
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.config).items()},
             "prompts": {
-                "keys": self._keys[:n],
+                "keys": _join_keys(self._keys[:n]),
                 "history_size": int(self._hist.shape[1]),
                 "history": _b64(self._hist[:n], "<f8"),
                 "lengths": _b64(self._len[:n], "<u2"),
@@ -450,6 +450,18 @@ class PromptGroupSelector:
         self._rounds = int(state["rounds"])
 
 
+# Prompt keys travel as one string joined by this separator (one JSON string parses far faster than a million), or
+# as a list when a key contains it.
+_KEY_SEP = "\x1f"
+
+
+def _join_keys(keys: list[str]) -> str | list[str]:
+    if not keys:
+        return []
+    joined = _KEY_SEP.join(keys)
+    return joined if joined.count(_KEY_SEP) == len(keys) - 1 else list(keys)
+
+
 def _b64(a: np.ndarray, dtype: str) -> str:
     return base64.b64encode(np.ascontiguousarray(a, dtype=dtype).tobytes()).decode()
 
@@ -460,6 +472,8 @@ def _decode_prompts(prompts: Any) -> tuple[list[str], np.ndarray, np.ndarray, np
     if not isinstance(prompts, Mapping) or not fields <= prompts.keys():
         raise ValueError(f"PromptGroupSelector state field prompts must hold {', '.join(sorted(fields))}")
     keys = prompts["keys"]
+    if isinstance(keys, str):
+        keys = keys.split(_KEY_SEP)
     k = int(prompts["history_size"])
     try:
         hist = np.frombuffer(base64.b64decode(prompts["history"]), dtype="<f8").astype(np.float64)

@@ -167,8 +167,11 @@ class SageSelector(PairSelector):
             self._update_competence_and_refresh()
 
     def _round(self) -> None:
-        self._update_competence_and_refresh()
-        self._select_pool()
+        pool = self._pool
+        view = self._view()
+        self._update_competence_and_refresh(view)
+        # no margin changes in between: the statistics hold unless a refresh rebuilt the pool
+        self._select_pool(view["stats"] if self._pool is pool else None)
 
     def _produce_batch(self) -> torch.Tensor:
         cfg = self.config
@@ -187,12 +190,19 @@ class SageSelector(PairSelector):
         return self._draw_working()
 
     def update_scores(self, indices, *args, **kwargs) -> None:
-        self._dirty += int(indices.numel()) if isinstance(indices, torch.Tensor) else 0
-        super().update_scores(indices, *args, **kwargs)
+        # counted before the call: a round closed by this call must see these margins as fed (same as observe_batch)
+        n = indices.numel() if isinstance(indices, torch.Tensor) else 0
+        self._dirty += n
+        try:
+            super().update_scores(indices, *args, **kwargs)
+        except Exception:
+            self._dirty -= n  # refused input changed nothing
+            raise
 
     def observe_batch(self, indices, *args, **kwargs) -> None:
-        self._dirty += int(indices.numel()) if isinstance(indices, torch.Tensor) else 0
+        n = indices.numel() if isinstance(indices, torch.Tensor) else 0
         super().observe_batch(indices, *args, **kwargs)
+        self._dirty += n
 
     def _extra_metrics(self) -> dict[str, float]:
         return {"level": float(self._level), "competence": float(self._competence)}
@@ -374,10 +384,10 @@ class SageSelector(PairSelector):
         }
         return chosen, candidates[m.suspect], stats
 
-    def _select_pool(self) -> None:
+    def _select_pool(self, pool_stats: dict | None = None) -> None:
         pool = self._pool
         n = self._nominal_size()
-        chosen, suspects, stats = self._choose(pool, n, self._pool_stats_now())
+        chosen, suspects, stats = self._choose(pool, n, pool_stats or self._pool_stats_now())
         # No trivial fill: what the score does not want is drawn uniformly from the pool (noise suspects excluded),
         # up to the floor. Uniform members of the previous working set stay (they were drawn uniformly already), so
         # a round that changes nothing does not restart the pass over the working set.

@@ -281,6 +281,16 @@ def test_a_version_1_state_still_loads_and_resumes(history_size, max_prompts):
         assert old.history(key) == new.history(key)
 
 
+@pytest.mark.parametrize("keys", [["p"], [""], ["a\x1fb", "c"], ["x", "", "y"]])
+def test_state_round_trips_any_prompt_key(keys):
+    sel = PromptGroupSelector()
+    for j, key in enumerate(keys):
+        sel.observe(f"g{j}", key, scores(j + 1))
+    restored = PromptGroupSelector()
+    restored.load_state_dict(json.loads(json.dumps(sel.state_dict())))
+    assert [restored.history(k) for k in keys] == [sel.history(k) for k in keys] != [()] * len(keys)
+
+
 def test_load_state_rejects_a_corrupted_history():
     state = json.loads(json.dumps(PromptGroupSelector().state_dict()))
     state["prompts"]["keys"] = ["x"]
