@@ -12,8 +12,10 @@ and building the inputs). Cases, per pool size N (batch 128, selection ratio 0.5
     prompts      PromptGroupSelector with N prompts in its history (veRL's replay buffer)
 
 Reported per case: ms per step (``indices_to_score`` + ``update_scores`` + ``next_batch`` + ``observe_batch`` +
-``metrics``, the synthetic log-probs excluded), over ``--steps`` steps after the first round, mean and the slowest
-step; for the pool case also one scoring round (the whole first level, about N/3 pairs with 10% of the next tier)
+``metrics``, the synthetic log-probs excluded), over ``--steps`` steps after the first round: the mean and the median
+in process CPU time (one thread: on an idle machine the wall time; on a shared one, less inflated by other processes
+than the wall time, which is recorded too) and the slowest step (wall); in pool mode the mean includes the rounds
+(every 10 steps, O(pool)) and the median is a step between rounds; for the pool case also one scoring round (the whole first level, about N/3 pairs with 10% of the next tier)
 fed at once vs in chunks of 64; save = ``state_dict`` + ``torch.save`` to memory, load = ``torch.load`` +
 ``load_state_dict`` into a fresh selector (for ``prompts``: ``state_dict`` + ``json.dumps`` and ``json.loads`` +
 ``load_state_dict``, as veRL's buffer checkpoints it). Writes ``benchmarks/results/selectors.{json,png,md}``.
@@ -80,30 +82,24 @@ def _selector_case(case: str, n: int, steps: int) -> dict:
         sel.update_scores(idx, *_logps(idx, t))
     sel.observe_batch(b := sel.next_batch(), *_logps(b, t))
     out["first_round_s"] = time.perf_counter() - t0
-    times = []
+    times, cpu = [], []
     for t in range(1, steps + 1):
-        cost = 0.0
-        t0 = time.perf_counter()
+        cost, cost_cpu = 0.0, 0.0
+        lps = [_logps(sel.indices_to_score(), t)]  # the request is the same until fed: log-probs made beforehand
+        t0, c0 = time.perf_counter(), time.process_time()
         idx = sel.indices_to_score()
-        cost += time.perf_counter() - t0
         while idx.numel() > 0:
-            lp = _logps(idx, t)
-            t0 = time.perf_counter()
-            sel.update_scores(idx, *lp)
+            sel.update_scores(idx, *(lps.pop() if lps else _logps(idx, t)))
             idx = sel.indices_to_score()
-            cost += time.perf_counter() - t0
-        t0 = time.perf_counter()
         b = sel.next_batch()
-        cost += time.perf_counter() - t0
+        cost, cost_cpu = time.perf_counter() - t0, time.process_time() - c0
         lp = _logps(b, t)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         sel.observe_batch(b, *lp)
         sel.metrics()
-        cost += time.perf_counter() - t0
-        times.append(cost)
-    out["ms_per_step"] = 1e3 * sum(times) / len(times)
-    out["ms_step_max"] = 1e3 * max(times)
-    out["ms_per_step_median"] = 1e3 * sorted(times)[len(times) // 2]
+        times.append(cost + time.perf_counter() - t0)
+        cpu.append(cost_cpu + time.process_time() - c0)
+    _step_stats(out, times, cpu)
     buf = io.BytesIO()
     t0 = time.perf_counter()
     torch.save(sel.state_dict(), buf)
@@ -143,15 +139,16 @@ def _prompts_case(n: int, steps: int) -> dict:
             sel.observe(f"h{i}", f"prompt-{i}", (0.0, 0.0, 1.0, 1.0))
     fill_s = time.perf_counter() - t0
     sel.discard([f"g{i}" for i in range(n)] + [f"h{i}" for i in range(n)])
-    times = []
+    times, cpu = [], []
     for t in range(steps):
         ids = [f"s{t}-{j}" for j in range(2 * BATCH)]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for j, gid in enumerate(ids):
             sel.observe(gid, f"prompt-{(t * 7919 + j * 104729) % n}", (1.0, 0.0, float(j % 2), 0.0))
         s = sel.select(ids, BATCH)
         sel.discard(ids)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         assert len(s.selected) == BATCH
     t0 = time.perf_counter()
     text = json.dumps(sel.state_dict())
@@ -161,16 +158,22 @@ def _prompts_case(n: int, steps: int) -> dict:
     fresh.load_state_dict(json.loads(text))
     load_s = time.perf_counter() - t0
     assert fresh.history("prompt-3") == sel.history("prompt-3")
+    out = {"fill_s": fill_s}
+    _step_stats(out, times, cpu)
     return {
-        "fill_s": fill_s,
-        "ms_per_step": 1e3 * sum(times) / len(times),
-        "ms_step_max": 1e3 * max(times),
-        "ms_per_step_median": 1e3 * sorted(times)[len(times) // 2],
+        **out,
         "save_s": save_s,
         "load_s": load_s,
         "state_mb": len(text) / 2**20,
         "peak_mb": _peak_mb() - base,
     }
+
+
+def _step_stats(out: dict, wall: list[float], cpu: list[float]) -> None:
+    out["ms_per_step"] = 1e3 * sum(cpu) / len(cpu)
+    out["ms_per_step_median"] = 1e3 * sorted(cpu)[len(cpu) // 2]
+    out["ms_per_step_wall"] = 1e3 * sum(wall) / len(wall)
+    out["ms_step_max"] = 1e3 * max(wall)
 
 
 def _child(case: str, n: int, steps: int) -> None:
@@ -197,12 +200,13 @@ def _fmt(v, digits=3):
 
 
 def _table(rows: list[dict]) -> str:
-    head = ("case", "N", "ms/step", "max ms", "round pairs", "at once s", "chunks of 64 s", "save s", "load s",
+    head = ("case", "N", "ms/step (CPU)", "median ms (CPU)", "ms/step (wall)", "max ms", "round pairs", "at once s", "chunks of 64 s", "save s", "load s",
             "state MB", "peak MB")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join((
-            r["case"], f"{r['n']:.0e}".replace("+0", ""), _fmt(r["ms_per_step"]), _fmt(r["ms_step_max"], 2),
+            r["case"], f"{r['n']:.0e}".replace("+0", ""), _fmt(r["ms_per_step"]), _fmt(r["ms_per_step_median"]),
+            _fmt(r["ms_per_step_wall"]), _fmt(r["ms_step_max"], 2),
             _fmt(r.get("round_pairs")), _fmt(r.get("update_at_once_s")), _fmt(r.get("update_chunked_s")),
             _fmt(r["save_s"]), _fmt(r["load_s"]), _fmt(r["state_mb"], 1), _fmt(r["peak_mb"], 0),
         )) + " |")
@@ -247,6 +251,7 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--out", default=os.path.join(RESULTS, "selectors"))
+    ap.add_argument("--note", default="", help="a line written above the table (e.g. the machine's load)")
     ap.add_argument("--child", nargs=3, metavar=("CASE", "N", "STEPS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -272,7 +277,10 @@ def main() -> None:
     with open(args.out + ".md", "w") as f:
         f.write("# Selector scaling (benchmarks/selectors.py)\n\n")
         f.write(f"CPU, one thread, torch {meta['torch']}, batch {BATCH}, {args.steps} timed steps per case, each case "
-                "in a fresh process. Command: `.venv/bin/python benchmarks/selectors.py`.\n\n")
+                "in a fresh process. Command: `.venv/bin/python benchmarks/selectors.py`. Columns: module docstring "
+                "of `benchmarks/selectors.py`.\n\n")
+        if args.note:
+            f.write(args.note + "\n\n")
         f.write(table + "\n")
     _plot(rows, args.out + ".png")
     print(f"\nwrote {args.out}.json, .md, .png")

@@ -366,10 +366,11 @@ class SageSelector(PairSelector):
         scores = self._scores(eligible)
         k = min(k, eligible.numel())
         if cfg.selection_mode == "topk":
-            chosen = top_k_random_ties(eligible, scores, k, self._gen)
+            chosen, pos = top_k_random_ties(eligible, scores, k, self._gen, with_positions=True)
         else:
             # Scores of finite margins are > 0 (u is clipped); the floor only guards against underflow.
-            chosen = weighted_sample_without_replacement(eligible, scores.clamp(min=1e-300), k, self._gen)
+            chosen, pos = weighted_sample_without_replacement(eligible, scores.clamp(min=1e-300), k, self._gen,
+                                                              with_positions=True)
         n_fin = int(m.finite.sum())
         chosen_u = self._u[chosen]
         nan = math.nan
@@ -378,7 +379,7 @@ class SageSelector(PairSelector):
             "boundary_fraction": float(m.band.sum()) / n_fin if n_fin else nan,
             "sign_flip_fraction": float(m.temporal.sum()) / n_fin if n_fin else nan,
             "noise_suspect_fraction": float(m.suspect.sum()) / n_fin if n_fin else nan,
-            "mean_score_selected": float(self._scores(chosen).mean()) if chosen.numel() else nan,
+            "mean_score_selected": float(scores[pos].mean()) if chosen.numel() else nan,
             "mean_margin_selected": float(chosen_u.mean()) if chosen.numel() else nan,
             "confident_error_fraction": float((chosen_u < 0).double().mean()) if chosen.numel() else nan,
         }
