@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/selectors.py                         # pool sizes 1e4, 1e5, 1e6
     .venv/bin/python benchmarks/selectors.py --sizes 10000 --steps 50
+    .venv/bin/python benchmarks/selectors.py --ref /path/to/older/checkout     # also time that rlplugins, same run
 
 Every case runs in its own fresh process (peak memory is that process's peak RSS minus its RSS after importing torch
 and building the inputs). Cases, per pool size N (batch 128, selection ratio 0.5, three difficulty tiers):
@@ -184,9 +185,12 @@ def _child(case: str, n: int, steps: int) -> None:
     print("RESULT " + json.dumps(out))
 
 
-def _run_case(case: str, n: int, steps: int) -> dict:
+def _run_case(case: str, n: int, steps: int, ref: str | None = None) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", case, str(n), str(steps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = dict(os.environ)
+    if ref:  # import rlplugins from another checkout (its source tree first on the path)
+        env["PYTHONPATH"] = os.path.abspath(ref) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not line:
         raise RuntimeError(f"case {case} N={n} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -205,7 +209,7 @@ def _table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join((
-            r["case"], f"{r['n']:.0e}".replace("+0", ""), _fmt(r["ms_per_step"]), _fmt(r["ms_per_step_median"]),
+            r["case"] + (" (ref)" if r.get("ref") else ""), f"{r['n']:.0e}".replace("+0", ""), _fmt(r["ms_per_step"]), _fmt(r["ms_per_step_median"]),
             _fmt(r["ms_per_step_wall"]), _fmt(r["ms_step_max"], 2),
             _fmt(r.get("round_pairs")), _fmt(r.get("update_at_once_s")), _fmt(r.get("update_chunked_s")),
             _fmt(r["save_s"]), _fmt(r["load_s"]), _fmt(r["state_mb"], 1), _fmt(r["peak_mb"], 0),
@@ -221,14 +225,14 @@ def _plot(rows: list[dict], path: str) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for case in CASES:
-        rs = sorted((r for r in rows if r["case"] == case), key=lambda r: r["n"])
+        rs = sorted((r for r in rows if r["case"] == case and not r.get("ref")), key=lambda r: r["n"])
         if not rs:
             continue
         ns = [r["n"] for r in rs]
         axes[0].plot(ns, [r["ms_per_step"] for r in rs], "o-", label=case)
         axes[1].plot(ns, [r["save_s"] + r["load_s"] for r in rs], "o-", label=case)
         axes[2].plot(ns, [max(r["peak_mb"], 0.1) for r in rs], "o-", label=case)
-    rs = sorted((r for r in rows if r["case"] == "pool"), key=lambda r: r["n"])
+    rs = sorted((r for r in rows if r["case"] == "pool" and not r.get("ref")), key=lambda r: r["n"])
     if rs:
         axes[1].plot([r["n"] for r in rs], [r["update_chunked_s"] for r in rs], "k--", label="pool: round in chunks of 64")
         axes[1].plot([r["n"] for r in rs], [r["update_at_once_s"] for r in rs], "k:", label="pool: round at once")
@@ -251,6 +255,7 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--out", default=os.path.join(RESULTS, "selectors"))
+    ap.add_argument("--ref", default=None, help="also run every case with rlplugins imported from this checkout")
     ap.add_argument("--note", default="", help="a line written above the table (e.g. the machine's load)")
     ap.add_argument("--child", nargs=3, metavar=("CASE", "N", "STEPS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -260,10 +265,11 @@ def main() -> None:
     rows = []
     for n in args.sizes:
         for case in args.cases:
-            r = {"case": case, "n": n, **_run_case(case, n, args.steps)}
-            rows.append(r)
-            print(f"{case:9s} N={n:>8d}  {r['ms_per_step']:8.3f} ms/step  save {r['save_s']:.3f} s  "
-                  f"load {r['load_s']:.3f} s  peak {r['peak_mb']:.0f} MB", flush=True)
+            for ref in ([None, args.ref] if args.ref else [None]):  # side by side: same machine state
+                r = {"case": case, "n": n, "ref": ref, **_run_case(case, n, args.steps, ref)}
+                rows.append(r)
+                print(f"{case:9s} N={n:>8d}{' (ref)' if ref else ''}  {r['ms_per_step']:8.3f} ms/step  "
+                      f"save {r['save_s']:.3f} s  load {r['load_s']:.3f} s  peak {r['peak_mb']:.0f} MB", flush=True)
     import torch
 
     meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
