@@ -37,7 +37,6 @@ state, with a list per prompt, still loads).
 
 from __future__ import annotations
 
-import base64
 import math
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -47,12 +46,18 @@ import numpy as np
 
 from rlplugins.losses.config import suggest_field_names, unknown_field_error
 
+from .prompt_state import MIN_ROWS as _MIN_ROWS
+from .prompt_state import b64 as _b64
+from .prompt_state import decode_prompts as _decode_prompts
+from .prompt_state import decode_version_1 as _decode_version_1
+from .prompt_state import fit_histories as _fit_histories
+from .prompt_state import join_keys as _join_keys
+
 STATE_VERSION = 2
 # Keys load_state_dict reads (besides "version"); "config" is informative only. Version 1 had "histories" (a
 # [key, [pass rates]] list per prompt) where version 2 has "prompts" (keys, histories as base64 float64 rows, lengths).
 _STATE_KEYS = ("prompts", "pending", "order", "competence", "admitted_tiers", "round", "rounds")
 _STATE_KEYS_V1 = ("histories",) + _STATE_KEYS[1:]
-_MIN_ROWS = 1024
 
 
 def _check_number(name: str, value: Any, low: float | None = None, high: float | None = None,
@@ -418,15 +423,8 @@ class PromptGroupSelector:
             raise ValueError(f"PromptGroupSelector state lacks key(s) {', '.join(missing)}: pass the dict returned by "
                              f"state_dict() (keys: {', '.join(keys_needed)})")
         cfg = self.config
-        if version == 1:  # a [key, [pass rates]] list per prompt, least recently seen first
-            keys = [str(key) for key, _ in state["histories"]]
-            k_saved = max([cfg.history_size] + [len(h) for _, h in state["histories"]])
-            hist = np.full((len(keys), k_saved), np.nan)
-            lens = np.zeros(len(keys), dtype=np.int64)
-            for r, (_, h) in enumerate(state["histories"]):
-                hist[r, : len(h)] = [float(v) for v in h]
-                lens[r] = len(h)
-            stamps, clock = np.arange(1, len(keys) + 1, dtype=np.int64), len(keys)
+        if version == 1:
+            keys, hist, lens, stamps, clock = _decode_version_1(state["histories"], cfg.history_size)
         else:
             keys, hist, lens, stamps, clock = _decode_prompts(state["prompts"])
         keys, hist, lens, stamps = _fit_histories(keys, hist, lens, stamps, cfg.history_size, cfg.max_prompts)
@@ -448,71 +446,6 @@ class PromptGroupSelector:
             self._admitted = cfg.num_tiers
         self._round_sum, self._round_count, self._round_degenerate = float(round_sum), int(round_count), int(round_degenerate)
         self._rounds = int(state["rounds"])
-
-
-# Prompt keys travel as one string joined by this separator (one JSON string parses far faster than a million), or
-# as a list when a key contains it.
-_KEY_SEP = "\x1f"
-
-
-def _join_keys(keys: list[str]) -> str | list[str]:
-    if not keys:
-        return []
-    joined = _KEY_SEP.join(keys)
-    return joined if joined.count(_KEY_SEP) == len(keys) - 1 else list(keys)
-
-
-def _b64(a: np.ndarray, dtype: str) -> str:
-    return base64.b64encode(np.ascontiguousarray(a, dtype=dtype).tobytes()).decode()
-
-
-def _decode_prompts(prompts: Any) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, int]:
-    """The arrays of a version-2 ``prompts`` entry, checked for consistent sizes."""
-    fields = {"keys", "history_size", "history", "lengths", "last_seen", "clock"}
-    if not isinstance(prompts, Mapping) or not fields <= prompts.keys():
-        raise ValueError(f"PromptGroupSelector state field prompts must hold {', '.join(sorted(fields))}")
-    keys = prompts["keys"]
-    if isinstance(keys, str):
-        keys = keys.split(_KEY_SEP)
-    k = int(prompts["history_size"])
-    try:
-        hist = np.frombuffer(base64.b64decode(prompts["history"]), dtype="<f8").astype(np.float64)
-        lens = np.frombuffer(base64.b64decode(prompts["lengths"]), dtype="<u2").astype(np.int64)
-        stamps = np.frombuffer(base64.b64decode(prompts["last_seen"]), dtype="<i8").astype(np.int64)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"PromptGroupSelector state field prompts is corrupted: {err}") from None
-    n = len(keys) if isinstance(keys, list) else -1
-    if n < 0 or k < 1 or hist.size != n * k or lens.size != n or stamps.size != n or (n and int(lens.max()) > k):
-        raise ValueError(
-            f"PromptGroupSelector state field prompts is inconsistent: {n} keys, {hist.size} history values, "
-            f"{lens.size} lengths, {stamps.size} stamps, history_size {k}"
-        )
-    return keys, hist.reshape(n, k), lens, stamps, int(prompts["clock"])
-
-
-def _fit_histories(
-    keys: list[str], hist: np.ndarray, lens: np.ndarray, stamps: np.ndarray, history_size: int, max_prompts: int
-) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """Dense rows for the state's prompts, with room to grow: the ``max_prompts`` most recently seen, each history
-    cut to its last ``history_size`` entries (a resumed run may shrink either)."""
-    if len(keys) > max_prompts:
-        keep = np.sort(np.argsort(stamps, kind="stable")[len(keys) - max_prompts:])
-        keys = [keys[i] for i in keep.tolist()]
-        hist, lens, stamps = hist[keep], lens[keep], stamps[keep]
-    n = len(keys)
-    new_len = np.minimum(lens, history_size)
-    cols = np.arange(history_size)
-    src = (lens - new_len)[:, None] + cols[None, :]  # the last new_len entries, oldest first
-    cap = min(max_prompts, max(_MIN_ROWS, n))
-    out = np.full((cap, history_size), np.nan)
-    if n:
-        taken = np.take_along_axis(hist, np.minimum(src, hist.shape[1] - 1), axis=1)
-        out[:n] = np.where(cols[None, :] < new_len[:, None], taken, np.nan)
-    lengths = np.zeros(cap, dtype=np.int64)
-    lengths[:n] = new_len
-    last_seen = np.zeros(cap, dtype=np.int64)
-    last_seen[:n] = stamps
-    return list(keys), out, lengths, last_seen
 
 
 def _pstdev(values: Sequence[float]) -> float:
