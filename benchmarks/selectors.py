@@ -17,7 +17,7 @@ Reported per case: ms per step (``indices_to_score`` + ``update_scores`` + ``nex
 in process CPU time (one thread: on an idle machine the wall time; on a shared one, less inflated by other processes
 than the wall time, which is recorded too) and the slowest step (wall); in pool mode the mean includes the rounds
 (every 10 steps, O(pool)) and the median is a step between rounds; for the pool case also one scoring round (the whole first level, about N/3 pairs with 10% of the next tier)
-fed at once vs in chunks of 64; save = ``state_dict`` + ``torch.save`` to memory, load = ``torch.load`` +
+fed at once vs in chunks of 64 (CPU time; both include finalising the round, an O(pool) selection); save = ``state_dict`` + ``torch.save`` to memory, load = ``torch.load`` +
 ``load_state_dict`` into a fresh selector (for ``prompts``: ``state_dict`` + ``json.dumps`` and ``json.loads`` +
 ``load_state_dict``, as veRL's buffer checkpoints it). Writes ``benchmarks/results/selectors.{json,png,md}``.
 """
@@ -118,10 +118,10 @@ def _selector_case(case: str, n: int, steps: int) -> dict:
             req = s.indices_to_score()
             parts = [req] if chunk is None else list(torch.split(req, chunk))
             lps = [_logps(p, 0) for p in parts]
-            t0 = time.perf_counter()
+            t0 = time.process_time()  # CPU time, as the per-step columns
             for p, lp in zip(parts, lps):
                 s.update_scores(p, *lp)
-            out[label] = time.perf_counter() - t0
+            out[label] = time.process_time() - t0
             out["round_pairs"] = int(req.numel())
             assert s.indices_to_score().numel() == 0
     out["peak_mb"] = _peak_mb() - base
