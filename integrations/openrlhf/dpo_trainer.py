@@ -41,6 +41,8 @@ from .dpo_sampler import ScoredSampler  # noqa: E402
 from .selector_flags import SelectorSpec  # noqa: E402
 
 SELECTOR_STATE_FILE = "rlplugins_selector_rank{rank}.pt"
+# The core's selector metrics are unprefixed; OpenRLHF's logs name them selector/<name>.
+SELECTOR_METRIC_PREFIX = "selector/"
 
 
 class SelectedPairsDPOLoss(nn.Module):
@@ -179,11 +181,15 @@ class SageDPOTrainer(DPOTrainer):
     # -- logging and checkpoints ----------------------------------------------------------------------------
     def save_logs_and_checkpoints(self, args, global_step, step_bar, logs_dict=None, client_states=None):
         logs_dict = dict(logs_dict or {})
-        logs_dict.update(self.selector.metrics())
+        logs_dict.update(self.selector_metrics())
         super().save_logs_and_checkpoints(args, global_step, step_bar, logs_dict, client_states)
         if global_step % args.ckpt.save_steps == 0 and not self.disable_ds_ckpt:
             os.makedirs(args.ckpt.path, exist_ok=True)
             torch.save(self.sampler.state_dict(), self._selector_state_path())
+
+    def selector_metrics(self) -> dict[str, float]:
+        """The selector's metrics under the names this trainer logs (``selector/<name>``)."""
+        return {SELECTOR_METRIC_PREFIX + k: v for k, v in self.selector.metrics().items()}
 
     def _selector_state_path(self) -> str:
         return os.path.join(self.args.ckpt.path, SELECTOR_STATE_FILE.format(rank=self._rank))

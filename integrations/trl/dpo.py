@@ -63,6 +63,8 @@ from ..reference_cache import ReferenceCache  # noqa: E402
 
 INDEX_COLUMN = "rlplugins_index"
 SELECTOR_STATE_FILE = "rlplugins_selector_rank{rank}.pt"
+# The core's selector metrics are unprefixed; TRL's logs name them selector/<name>.
+SELECTOR_METRIC_PREFIX = "selector/"
 # SageConfig fields the trainer sets itself: the DPO beta and the training seed.
 _FROM_TRAINER = {"beta": "beta", "seed": "seed"}
 
@@ -427,8 +429,12 @@ class SageDPOTrainer(DPOTrainer):
     # -- logging and checkpoints ---------------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training:
-            logs = {**logs, **self.selector.metrics()}
+            logs = {**logs, **self.selector_metrics()}
         super().log(logs, start_time)
+
+    def selector_metrics(self) -> dict[str, float]:
+        """The selector's metrics under the names this trainer logs (``selector/<name>``)."""
+        return {SELECTOR_METRIC_PREFIX + k: v for k, v in self.selector.metrics().items()}
 
     def _selector_state_path(self, checkpoint_dir: str) -> str:
         return os.path.join(checkpoint_dir, SELECTOR_STATE_FILE.format(rank=self.accelerator.process_index))

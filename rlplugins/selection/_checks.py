@@ -27,7 +27,11 @@ def check_logps(
     out = []
     for name, x in zip(names, (pc, pr, rc, rr)):
         t = check_float_vector(name, x, n)
-        out.append(t.detach().to(device="cpu", dtype=torch.float64))
+        if t.requires_grad:
+            t = t.detach()
+        if t.dtype != torch.float64 or t.device.type != "cpu":
+            t = t.to(device="cpu", dtype=torch.float64)
+        out.append(t)
     return out[0], out[1], out[2], out[3]
 
 
@@ -39,10 +43,13 @@ def check_index_vector(name: str, x: object, num_pairs: int) -> torch.Tensor:
         raise TypeError(f"{name} must have an integer dtype, got {x.dtype}")
     if x.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(x.shape)}")
-    idx = x.detach().to(device="cpu", dtype=torch.int64)
+    idx = x.detach() if x.requires_grad else x
+    if idx.dtype != torch.int64 or idx.device.type != "cpu":
+        idx = idx.to(device="cpu", dtype=torch.int64)
     if idx.numel() == 0:
         return idx
-    lo, hi = int(idx.min()), int(idx.max())
+    lo, hi = torch.aminmax(idx)
+    lo, hi = int(lo), int(hi)
     if lo < 0 or hi >= num_pairs:
         raise ValueError(f"{name} must lie in [0, {num_pairs}), got values in [{lo}, {hi}]")
     if torch.unique(idx).numel() != idx.numel():

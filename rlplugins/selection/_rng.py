@@ -47,35 +47,66 @@ def take_random(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     return x[torch.randperm(x.numel(), generator=gen)[:k]]
 
 
-def top_k_random_ties(items: torch.Tensor, scores: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """The ``k`` items with the largest scores; equal scores are ordered by a random permutation.
+def take_random_valid(
+    x: torch.Tensor, k: int, gen: torch.Generator, invalid: torch.Tensor, attempts: int = 4
+) -> torch.Tensor | None:
+    """``k`` distinct elements of ``x`` not flagged in ``invalid`` (a mask over their values), uniformly at random,
+    in O(k) when most of ``x`` is valid: draws with replacement, keeps first occurrences of valid elements.
+
+    The first occurrences of i.i.d. uniform draws are a uniform sample without replacement, so this has the law of
+    `take_random` over the valid elements (not its random stream). None when ``attempts`` rounds of draws did not
+    find ``k`` (mostly invalid ``x``, or ``k`` close to ``len(x)``): the caller takes the O(len(x)) path.
+    """
+    k = int(k)
+    got = x[:0]
+    for _ in range(attempts):
+        draws = x[torch.randint(0, x.numel(), (2 * (k - got.numel()) + 16,), generator=gen)]
+        both = torch.cat([got, draws[~invalid[draws]]])
+        uniq, inverse = torch.unique(both, return_inverse=True)
+        first = torch.full((uniq.numel(),), both.numel(), dtype=torch.int64)
+        first.scatter_reduce_(0, inverse, torch.arange(both.numel()), reduce="amin")
+        got = both[torch.sort(first).values]
+        if got.numel() >= k:
+            return got[:k]
+    return None
+
+
+def top_k_random_ties(
+    items: torch.Tensor, scores: torch.Tensor, k: int, gen: torch.Generator, *, with_positions: bool = False
+):
+    """The ``k`` items with the largest scores; equal scores are ordered by a random permutation
+    (``with_positions``: also their positions in ``items``).
 
     A random tie-break matters at step 0, where every margin is 0 and a stable sort would always favour low indices.
     """
     k = max(0, min(int(k), items.numel()))
     if k == 0:
-        return items[:0].clone()
-    perm = torch.randperm(items.numel(), generator=gen)
-    order = torch.argsort(scores[perm], descending=True, stable=True)
-    return items[perm[order[:k]]]
+        pos = torch.empty(0, dtype=torch.int64)
+    else:
+        perm = torch.randperm(items.numel(), generator=gen)
+        order = torch.argsort(scores[perm], descending=True, stable=True)
+        pos = perm[order[:k]]
+    return (items[pos], pos) if with_positions else items[pos]
 
 
 def weighted_sample_without_replacement(
-    items: torch.Tensor, weights: torch.Tensor, k: int, gen: torch.Generator
-) -> torch.Tensor:
-    """``k`` distinct items drawn sequentially with probability proportional to ``weights`` (all > 0).
+    items: torch.Tensor, weights: torch.Tensor, k: int, gen: torch.Generator, *, with_positions: bool = False
+):
+    """``k`` distinct items drawn sequentially with probability proportional to ``weights`` (all > 0)
+    (``with_positions``: also their positions in ``items``).
 
     Gumbel-top-k: the top k of ``log w + Gumbel`` has the law of successive draws without replacement with
     probability ∝ w (Vieira 2014; Kool et al. 2019). One uniform draw per item, so it is deterministic given ``gen``.
     """
     k = max(0, min(int(k), items.numel()))
     if k == 0:
-        return items[:0].clone()
+        pos = torch.empty(0, dtype=torch.int64)
+        return (items[pos], pos) if with_positions else items[pos]
     w = weights.to(torch.float64)
     if not bool(torch.all(torch.isfinite(w) & (w > 0))):
         raise ValueError("weights must be finite and > 0 for weighted sampling")
     u = torch.rand(items.numel(), generator=gen, dtype=torch.float64)
     u = u.clamp(min=torch.finfo(torch.float64).tiny, max=1.0 - 1e-16)
     keys = torch.log(w) - torch.log(-torch.log(u))
-    order = torch.argsort(keys, descending=True, stable=True)
-    return items[order[:k]]
+    pos = torch.argsort(keys, descending=True, stable=True)[:k]
+    return (items[pos], pos) if with_positions else items[pos]

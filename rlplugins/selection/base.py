@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._checks import check_float_vector, check_index_vector
@@ -61,6 +62,8 @@ class PairSelector(abc.ABC):
         "_external_competence",
         "_last",
     )
+    #: fields of ``_STATE_FIELDS`` an older state may lack (they keep the fresh selector's value)
+    _OPTIONAL_FIELDS: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -129,6 +132,12 @@ class PairSelector(abc.ABC):
         self._ws = WorkingSet(self.shard)
         self._request: torch.Tensor | None = None
         self._received = torch.zeros(n, dtype=torch.bool)
+        # derived (not saved): members of the open request not fed yet, and how many, so that feeding a request in
+        # chunks costs O(chunk) per call, not O(request)
+        self._unfed = torch.zeros(n, dtype=torch.bool)
+        self._outstanding = 0
+        # scratch mask for `_fallback` (all False between calls): marking what is taken costs O(taken), not O(N)
+        self._scratch = torch.zeros(n, dtype=torch.bool)
         self._pairs_scored = 0
         self._pairs_observed = 0
         self._rounds = 0
@@ -230,8 +239,11 @@ class PairSelector(abc.ABC):
         self._book.record_scores(idx, u, finite, self._pool_gen, self._step, curv)
         self._pairs_scored += int(idx.numel())
         if self._request is not None:
-            self._received[idx] = True
-            if bool(self._received[self._request].all()):
+            i, unfed = idx.numpy(), self._unfed.numpy()
+            self._outstanding -= int(np.count_nonzero(unfed[i]))
+            unfed[i] = False
+            self._received.numpy()[i] = True
+            if self._outstanding == 0:
                 self._close(partial=False)
 
     def next_batch(self) -> torch.Tensor:
@@ -279,17 +291,21 @@ class PairSelector(abc.ABC):
         self._ws.restart_pass()
 
     def metrics(self) -> dict[str, float]:
+        """Plain floats, unprefixed names (docs/selection-api.md#5-metrics-plain-floats); O(1): counters only.
+
+        Adapters log them under ``selector/<name>``."""
         out = {
-            "selector/step": float(self._step),
-            "selector/pool_size": float(self._pool.numel()),
-            "selector/working_set_size": float(self._working.numel()),
-            "selector/rounds": float(self._rounds),
-            "selector/refreshes": float(self._refreshes),
-            "selector/pairs_scored": float(self._pairs_scored),
-            "selector/pairs_observed": float(self._pairs_observed),
-            "selector/nonfinite_margins": float(self._book.nonfinite),
-            "selector/invalid_pairs": float(int(self._invalid[self.shard].sum())),
-            "selector/score_pending": 1.0 if self._score_pending else 0.0,
+            "step": float(self._step),
+            "pool_size": float(self._pool.numel()),
+            "working_set_size": float(self._working.numel()),
+            "rounds": float(self._rounds),
+            "refreshes": float(self._refreshes),
+            "pairs_scored": float(self._pairs_scored),
+            "pairs_observed": float(self._pairs_observed),
+            "nonfinite_margins": float(self._book.nonfinite),
+            # every flagged pair is in this rank's shard: indices outside it are refused on input
+            "invalid_pairs": float(self._book.num_invalid),
+            "score_pending": 1.0 if self._score_pending else 0.0,
         }
         out.update(self._last)
         out.update(self._extra_metrics())
@@ -362,10 +378,11 @@ class PairSelector(abc.ABC):
                 "fingerprint mismatch); build the selector with the same arguments as the saved run"
             )
         fields = state["fields"]
-        missing = [k for k in self._STATE_FIELDS if k not in fields]
+        missing = [k for k in self._STATE_FIELDS if k not in fields and k not in self._OPTIONAL_FIELDS]
         if missing:
             raise ValueError(f"state_dict lacks fields {missing}")
-        for key in self._STATE_FIELDS:
+        present = [k for k in self._STATE_FIELDS if k in fields]
+        for key in present:
             cur, new = getattr(self, key), fields[key]
             if isinstance(cur, torch.Tensor) and (key not in self._VARIABLE_SIZE_FIELDS):
                 check_tensor_like(key, new, cur)
@@ -381,9 +398,15 @@ class PairSelector(abc.ABC):
         self._check_index_state("working", ws.working)
         # every check passed: apply
         self._book, self._ws = book, ws
-        for key in self._STATE_FIELDS:
+        for key in present:
             setattr(self, key, self._copy(fields[key]))
         self._gen.set_state(gen_state)
+        self._unfed = torch.zeros(self.num_pairs, dtype=torch.bool)
+        self._outstanding = 0
+        if self._request is not None:
+            self._unfed[self._request] = ~self._received[self._request]
+            self._outstanding = int(self._unfed.sum())
+        self._after_load()
 
     #: index tensors whose length changes during training (pool, working set, open request, ...)
     _VARIABLE_SIZE_FIELDS: tuple[str, ...] = ("_pool", "_request")
@@ -401,19 +424,26 @@ class PairSelector(abc.ABC):
 
     def _check_indices(self, indices: torch.Tensor) -> torch.Tensor:
         idx = check_index_vector("indices", indices, self.num_pairs)
-        if idx.numel() and not bool(self._in_shard[idx].all()):
+        if self.num_replicas > 1 and idx.numel() and not bool(self._in_shard[idx].all()):
             bad = idx[~self._in_shard[idx]][:5].tolist()
             raise ValueError(f"indices {bad} are not in rank {self.rank}'s shard (see selector.shard)")
         return idx
 
+    def _after_load(self) -> None:
+        """Rebuild state derived from the saved fields (subclasses)."""
+
     def _open(self, request: torch.Tensor) -> None:
         self._request = request.clone()
         self._received[request] = False
+        self._unfed[request] = True
+        self._outstanding = int(request.numel())  # requests hold unique indices
 
     def _close(self, partial: bool) -> None:
         req = self._request
         assert req is not None
         self._request = None
+        self._unfed[req] = False
+        self._outstanding = 0
         self._rounds += 1
         self._on_scores(req, partial)
 
@@ -442,16 +472,22 @@ class PairSelector(abc.ABC):
         the shard, uniformly at random (docs/selection-api.md#6-working-set-and-fallback-never-an-empty-batch)."""
         if need <= 0:
             return torch.empty(0, dtype=torch.int64)
-        mask = torch.zeros(self.num_pairs, dtype=torch.bool)
+        mask = self._scratch
+        marked = [taken]
         mask[taken] = True
-        a = prefer[~self._invalid[prefer] & ~mask[prefer]]
-        fa = take_random(a, need, self._gen)
-        if fa.numel() >= need:
-            return fa
-        mask[prefer] = True
-        b = self.shard[~self._invalid[self.shard] & ~mask[self.shard]]
-        fb = take_random(b, need - fa.numel(), self._gen)
-        return torch.cat([fa, fb])
+        try:
+            a = prefer[~self._invalid[prefer] & ~mask[prefer]]
+            fa = take_random(a, need, self._gen)
+            if fa.numel() >= need:
+                return fa
+            marked.append(prefer)
+            mask[prefer] = True
+            b = self.shard[~self._invalid[self.shard] & ~mask[self.shard]]
+            fb = take_random(b, need - fa.numel(), self._gen)
+            return torch.cat([fa, fb])
+        finally:
+            for m in marked:  # back to all False, in O(marked)
+                mask[m] = False
 
     def _set_working(self, working: torch.Tensor) -> None:
         self._ws.set(working)
@@ -459,7 +495,11 @@ class PairSelector(abc.ABC):
     def _draw_working(self) -> torch.Tensor:
         """``batch_size`` unique valid indices, cycling through shuffled passes over the working set."""
         b = self.batch_size
-        n_valid = int((~self._invalid[self._working]).sum())
+        working = self._working
+        # O(1) unless pairs are flagged: at least |W| - (flagged pairs anywhere) members of W are valid
+        n_valid = working.numel() - self._book.num_invalid
+        if n_valid < b:
+            n_valid = int((~self._invalid[working]).sum())
         if n_valid < b:
             extra = self._fallback(self._working, b - n_valid, self._pool)
             if n_valid + extra.numel() < b:

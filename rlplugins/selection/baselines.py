@@ -99,7 +99,7 @@ class UniformSelector(PairSelector):
         return self._draw_working()
 
     def _extra_metrics(self) -> dict[str, float]:
-        return {"selector/level": float(self._level)}
+        return {"level": float(self._level)}
 
 
 class StaticScoreSelector(PairSelector):
@@ -174,6 +174,6 @@ class StaticScoreSelector(PairSelector):
         self._set_working(working)
         u = margins[chosen]
         self._last = {
-            "selector/mean_margin_selected": float(u.mean()) if u.numel() else math.nan,
-            "selector/fallback_fraction": fill.numel() / max(1, working.numel()),
+            "mean_margin_selected": float(u.mean()) if u.numel() else math.nan,
+            "fallback_fraction": fill.numel() / max(1, working.numel()),
         }

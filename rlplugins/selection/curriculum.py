@@ -70,10 +70,14 @@ def tier_pool(
     return torch.sort(base).values
 
 
+def easiest_fraction_size(n: int, fraction: float, min_size: int) -> int:
+    """Size of `easiest_fraction_pool` over ``n`` pairs: ``min(n, max(min_size, ceil(fraction * n)))``."""
+    return min(n, max(min_size, math.ceil(fraction * n)))
+
+
 def easiest_fraction_pool(easy_order: torch.Tensor, fraction: float, min_size: int) -> torch.Tensor:
     """Sorted pool of the easiest ``max(min_size, ceil(fraction * n))`` pairs, ``easy_order`` easiest first."""
-    n = easy_order.numel()
-    k = min(n, max(min_size, math.ceil(fraction * n)))
+    k = easiest_fraction_size(easy_order.numel(), fraction, min_size)
     return torch.sort(easy_order[:k]).values
 
 

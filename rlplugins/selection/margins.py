@@ -43,7 +43,8 @@ def pair_margins(
     with torch.no_grad():
         if source == "policy":
             # rc and rr are still validated (and a non-finite reference still flags the pair): training needs them
-            return beta * (pc - pr) + 0.0 * (rc - rr)
+            # in place, same values as beta * (pc - pr) + 0.0 * (rc - rr): fewer allocations per (chunked) call
+            return (pc - pr).mul_(beta).add_((rc - rr).mul_(0.0))
         return beta * ((pc - rc) - (pr - rr))
 
 

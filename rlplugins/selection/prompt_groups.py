@@ -29,21 +29,35 @@ change anything beyond step 1. The veRL wrapper creates one by refilling evicted
 over-dispatching prompts (SAGE's online batch variant: draw B / rho candidates, keep the best B).
 
 State (histories, competence, admitted tiers, pending observations) round-trips through ``state_dict`` /
-``load_state_dict`` as plain JSON-compatible data, so a resumed run makes the same choices.
+``load_state_dict`` as plain JSON-compatible data, so a resumed run makes the same choices. The per-prompt
+histories live in one array (a row per prompt, a dict from prompt key to row, a last-seen stamp per row for the LRU
+bound), and the state holds them as base64 strings, so saving and loading a million prompts builds no per-prompt Python objects (version 2; a version-1
+state, with a list per prompt, still loads).
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from rlplugins._config import ConfigMixin, check_bool, check_int, check_number
 
-STATE_VERSION = 1
-# Keys load_state_dict reads (besides "version"); "config" is informative only.
-_STATE_KEYS = ("histories", "pending", "order", "competence", "admitted_tiers", "round", "rounds")
+from .prompt_state import MIN_ROWS as _MIN_ROWS
+from .prompt_state import b64 as _b64
+from .prompt_state import decode_prompts as _decode_prompts
+from .prompt_state import decode_version_1 as _decode_version_1
+from .prompt_state import fit_histories as _fit_histories
+from .prompt_state import join_keys as _join_keys
+
+STATE_VERSION = 2
+# Keys load_state_dict reads (besides "version"); "config" is informative only. Version 1 had "histories" (a
+# [key, [pass rates]] list per prompt) where version 2 has "prompts" (keys, histories as base64 float64 rows, lengths).
+_STATE_KEYS = ("prompts", "pending", "order", "competence", "admitted_tiers", "round", "rounds")
+_STATE_KEYS_V1 = ("histories",) + _STATE_KEYS[1:]
 
 
 @dataclass(frozen=True)
@@ -151,7 +165,16 @@ class PromptGroupSelector:
         elif not isinstance(config, PromptGroupSelectorConfig):
             raise TypeError(f"config must be a PromptGroupSelectorConfig, a mapping or None, got {type(config).__name__}")
         self.config = config
-        self._histories: OrderedDict[str, list[float]] = OrderedDict()
+        # per-prompt pass-rate histories: row self._rows[key] of self._hist (oldest first), self._len[row] entries,
+        # self._stamp[row] when the prompt was last seen; rows are dense (0 .. len-1), self._keys[row] is the key
+        self._rows: dict[str, int] = {}
+        self._keys: list[str] = []
+        self._hist = np.full((0, config.history_size), np.nan)
+        self._len = np.zeros(0, dtype=np.int64)
+        self._stamp = np.zeros(0, dtype=np.int64)
+        self._clock = 0
+        # LRU queue: (row, stamp) of every touch in time order, stale entries skipped; None = rebuild from the stamps
+        self._lru: tuple[deque, deque] | None = (deque(), deque())
         self._pending: dict[str, GroupObservation] = {}
         self._order = 0
         self._competence: float | None = None
@@ -175,7 +198,50 @@ class PromptGroupSelector:
         return self._pending.get(group_id)
 
     def history(self, prompt_key: str) -> tuple[float, ...]:
-        return tuple(self._histories.get(prompt_key, ()))
+        row = self._rows.get(prompt_key)
+        return () if row is None else tuple(self._hist[row, : self._len[row]].tolist())
+
+    def _row_for(self, prompt_key: str) -> int:
+        """The history row of ``prompt_key``, stamped as the most recently seen; a new prompt takes a new row or, at
+        ``max_prompts``, the row of the least recently seen prompt (bounded LRU)."""
+        self._clock += 1
+        row = self._rows.get(prompt_key)
+        if row is None:
+            if len(self._rows) >= self.config.max_prompts:
+                row = self._evict_least_recent()
+                self._keys[row] = prompt_key
+            else:
+                row = len(self._rows)  # rows stay dense: one is freed only to be reused at once
+                if row >= self._hist.shape[0]:
+                    self._grow(min(self.config.max_prompts, max(_MIN_ROWS, 2 * self._hist.shape[0])))
+                self._keys.append(prompt_key)
+            self._rows[prompt_key] = row
+            self._len[row] = 0
+        self._stamp[row] = self._clock
+        if self._lru is not None:
+            rows, stamps = self._lru
+            rows.append(row)
+            stamps.append(self._clock)
+            if len(rows) > 2 * len(self._rows) + _MIN_ROWS:
+                self._lru = None  # mostly stale entries: rebuilt from the stamps at the next eviction
+        return row
+
+    def _grow(self, cap: int) -> None:
+        n = self._hist.shape[0]
+        self._hist = np.concatenate([self._hist, np.full((cap - n, self._hist.shape[1]), np.nan)])
+        self._len = np.concatenate([self._len, np.zeros(cap - n, dtype=np.int64)])
+        self._stamp = np.concatenate([self._stamp, np.zeros(cap - n, dtype=np.int64)])
+
+    def _evict_least_recent(self) -> int:
+        if self._lru is None:
+            order = np.argsort(self._stamp[: len(self._rows)], kind="stable")
+            self._lru = (deque(order.tolist()), deque(self._stamp[order].tolist()))
+        rows, stamps = self._lru
+        while True:
+            row, stamp = rows.popleft(), stamps.popleft()
+            if self._stamp[row] == stamp:
+                del self._rows[self._keys[row]]
+                return row
 
     def observe(self, group_id: str, prompt_key: str, scores: Sequence[float]) -> GroupObservation:
         """Record a finished group once; observing the same ``group_id`` again returns the stored record."""
@@ -191,12 +257,16 @@ class PromptGroupSelector:
         cfg = self.config
         passes = sum(1 for v in values if v >= cfg.success_threshold)
         p = passes / len(values)
-        history = self._histories.pop(prompt_key, [])
-        history.append(p)
-        del history[: max(0, len(history) - cfg.history_size)]
-        self._histories[prompt_key] = history  # most recently seen last (bounded LRU)
-        while len(self._histories) > cfg.max_prompts:
-            self._histories.popitem(last=False)
+        row = self._row_for(prompt_key)
+        h, n_hist = self._hist[row], int(self._len[row])
+        if n_hist < cfg.history_size:
+            h[n_hist] = p
+            n_hist += 1
+            self._len[row] = n_hist
+        else:
+            h[:-1] = h[1:].copy()
+            h[-1] = p
+        history = h[:n_hist].tolist()
         std = _pstdev(history)
         # p in {0, 1} covers DAPO's criterion too: equal scores cannot straddle the threshold.
         degenerate = p in (0.0, 1.0)
@@ -301,11 +371,19 @@ class PromptGroupSelector:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-compatible state: everything ``select`` depends on."""
+        """JSON-compatible state: everything ``select`` depends on (per-prompt arrays as base64 strings)."""
+        n = len(self._rows)
         return {
             "version": STATE_VERSION,
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.config).items()},
-            "histories": [[key, list(hist)] for key, hist in self._histories.items()],
+            "prompts": {
+                "keys": _join_keys(self._keys[:n]),
+                "history_size": int(self._hist.shape[1]),
+                "history": _b64(self._hist[:n], "<f8"),
+                "lengths": _b64(self._len[:n], "<u2"),
+                "last_seen": _b64(self._stamp[:n], "<i8"),
+                "clock": self._clock,
+            },
             "pending": [asdict(o) for o in sorted(self._pending.values(), key=lambda o: o.order)],
             "order": self._order,
             "competence": self._competence,
@@ -315,26 +393,34 @@ class PromptGroupSelector:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore ``state_dict()`` output. The selector keeps its own config (a resumed run may change it)."""
-        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
-            found = state.get("version") if isinstance(state, Mapping) else type(state).__name__
-            raise ValueError(f"PromptGroupSelector state must have version {STATE_VERSION}, got {found!r}")
-        missing = [k for k in _STATE_KEYS if k not in state]
+        """Restore ``state_dict()`` output (version 2, or version 1 written by earlier releases). The selector keeps
+        its own config (a resumed run may change it: histories are cut to ``history_size``, the least recently seen
+        prompts beyond ``max_prompts`` are dropped)."""
+        version = state.get("version") if isinstance(state, Mapping) else None
+        if version not in (1, STATE_VERSION):
+            found = version if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"PromptGroupSelector state must have version 1 or {STATE_VERSION}, got {found!r}")
+        keys_needed = _STATE_KEYS if version == STATE_VERSION else _STATE_KEYS_V1
+        missing = [k for k in keys_needed if k not in state]
         if missing:
             raise ValueError(f"PromptGroupSelector state lacks key(s) {', '.join(missing)}: pass the dict returned by "
-                             f"state_dict() (keys: {', '.join(_STATE_KEYS)})")
+                             f"state_dict() (keys: {', '.join(keys_needed)})")
         cfg = self.config
-        histories: OrderedDict[str, list[float]] = OrderedDict()
-        for key, hist in state["histories"]:
-            histories[str(key)] = [float(v) for v in hist][-cfg.history_size:]
-        while len(histories) > cfg.max_prompts:
-            histories.popitem(last=False)
+        if version == 1:
+            keys, hist, lens, stamps, clock = _decode_version_1(state["histories"], cfg.history_size)
+        else:
+            keys, hist, lens, stamps, clock = _decode_prompts(state["prompts"])
+        keys, hist, lens, stamps = _fit_histories(keys, hist, lens, stamps, cfg.history_size, cfg.max_prompts)
+        rows = dict(zip(keys, range(len(keys))))
+        if len(rows) != len(keys):
+            raise ValueError("PromptGroupSelector state field prompts holds a prompt key twice")
         pending = {}
         for item in state["pending"]:
             obs = GroupObservation(**item)
             pending[obs.group_id] = obs
         round_sum, round_count, round_degenerate = state["round"]
-        self._histories = histories
+        self._rows, self._keys, self._hist, self._len, self._stamp = rows, keys, hist, lens, stamps
+        self._clock, self._lru = clock, None
         self._pending = pending
         self._order = int(state["order"])
         self._competence = None if state["competence"] is None else float(state["competence"])

@@ -21,6 +21,11 @@ Pool mode, one *round* every ``rescore_interval`` steps (a fixed cadence):
    preference accuracy (``"pool"``), or a held-out value (``"external"``).
 
 Online mode: every step score ``ceil(B / rho)`` random pool candidates and keep the B best wanted ones (uniform fill).
+A step costs O(candidates), not O(pool): candidates are drawn without a permutation of the pool, and the pool
+statistics the stability rule and the competence read (band width, per-tier median and MAD, error share) are cached
+and recomputed when the pool changes or when the margins fed since their computation reach ``1/16`` of the pool
+(every step on pools up to ``16 x`` the pairs fed per step); competence and refresh are evaluated at each
+recomputation.
 With ``margin_source="implicit"`` every margin is 0 at step 0, so the first round is a uniform warm-up (C.8).
 """
 
@@ -30,12 +35,16 @@ import math
 
 import torch
 
-from ._rng import take_random, top_k_random_ties, weighted_sample_without_replacement
+from ._rng import take_random, take_random_valid, top_k_random_ties, weighted_sample_without_replacement
 from .base import PairSelector, ScoreFn
 from .config import SageConfig
-from .curriculum import easiest_first, easiest_fraction_pool, schedule_fraction, tier_pool
+from .curriculum import easiest_first, easiest_fraction_pool, easiest_fraction_size, schedule_fraction, tier_pool
 from .scores import score_from_margin
-from .stability import StabilityMasks, stability_masks
+from .stability import StabilityMasks, masks_from_statistics, pool_statistics
+
+# Online mode recomputes its cached pool statistics once the margins fed since the last computation reach this share
+# of the pool (amortised O(candidates) per step; exact, i.e. every step, on pools up to 16x the pairs fed per step).
+ONLINE_STATS_STALENESS = 1.0 / 16.0
 
 
 class SageSelector(PairSelector):
@@ -53,7 +62,12 @@ class SageSelector(PairSelector):
         "_level_err0",
         "_prev_err",
         "_plateau",
+        "_online_view",
+        "_dirty",
+        "_competence_version",
     )
+    #: fields a state saved before the O(batch) rewrite lacks; they keep their fresh value (recomputed at first use)
+    _OPTIONAL_FIELDS = ("_online_view", "_dirty", "_competence_version")
     _VARIABLE_SIZE_FIELDS = PairSelector._VARIABLE_SIZE_FIELDS + ("_online_batch",)
 
     def __init__(
@@ -95,6 +109,9 @@ class SageSelector(PairSelector):
         self._level_err0 = math.nan
         self._prev_err = math.nan
         self._plateau = 0
+        self._online_view: dict | None = None  # online mode: cached pool statistics (see ONLINE_STATS_STALENESS)
+        self._dirty = 0  # margins fed since the view was computed
+        self._competence_version = -1  # view version the competence was last computed from
         if not cfg.use_curriculum:
             self._pool = self.shard.clone()
             self._level = self._max_level
@@ -150,8 +167,11 @@ class SageSelector(PairSelector):
             self._update_competence_and_refresh()
 
     def _round(self) -> None:
-        self._update_competence_and_refresh()
-        self._select_pool()
+        pool = self._pool
+        view = self._view()
+        self._update_competence_and_refresh(view)
+        # no margin changes in between: the statistics hold unless a refresh rebuilt the pool
+        self._select_pool(view["stats"] if self._pool is pool else None)
 
     def _produce_batch(self) -> torch.Tensor:
         cfg = self.config
@@ -169,8 +189,23 @@ class SageSelector(PairSelector):
                 return batch
         return self._draw_working()
 
+    def update_scores(self, indices, *args, **kwargs) -> None:
+        # counted before the call: a round closed by this call must see these margins as fed (same as observe_batch)
+        n = indices.numel() if isinstance(indices, torch.Tensor) else 0
+        self._dirty += n
+        try:
+            super().update_scores(indices, *args, **kwargs)
+        except Exception:
+            self._dirty -= n  # refused input changed nothing
+            raise
+
+    def observe_batch(self, indices, *args, **kwargs) -> None:
+        n = indices.numel() if isinstance(indices, torch.Tensor) else 0
+        super().observe_batch(indices, *args, **kwargs)
+        self._dirty += n
+
     def _extra_metrics(self) -> dict[str, float]:
-        return {"selector/level": float(self._level), "selector/competence": float(self._competence)}
+        return {"level": float(self._level), "competence": float(self._competence)}
 
     # ------------------------------------------------------------------ pools and competence
 
@@ -180,8 +215,9 @@ class SageSelector(PairSelector):
 
     def _rebuild_schedule_pool(self) -> None:
         frac = schedule_fraction(self._step, self.total_steps or 1, self.config.schedule_c0)
-        new = easiest_fraction_pool(self._easy_order, frac, self.batch_size)
-        if new.numel() != self._pool.numel():
+        # the pool is the easiest k pairs: only a new size changes it (no O(pool) rebuild per step)
+        if easiest_fraction_size(self._easy_order.numel(), frac, self.batch_size) != self._pool.numel():
+            new = easiest_fraction_pool(self._easy_order, frac, self.batch_size)
             self._pool = new
             self._refreshes += 1
             self._level = int(self.tiers[new].max())
@@ -193,7 +229,38 @@ class SageSelector(PairSelector):
             ok &= self._scored_gen[pool] == self._pool_gen
         return ok
 
-    def _pool_errors(self) -> tuple[float, float, bool]:
+    def _pool_stats_now(self) -> dict:
+        """`stability.pool_statistics` of the current pool's finite, valid margins (per tier), O(pool)."""
+        pool = self._pool
+        pool_u = self._u[pool]
+        ok = torch.isfinite(pool_u) & ~self._invalid[pool]
+        return pool_statistics(pool_u[ok], self.config, self.tiers[pool][ok])
+
+    def _view(self) -> dict:
+        """Pool statistics (and the competence inputs) the selection reads: computed now in pool mode (a round costs
+        O(pool) anyway); in online mode cached until the pool changes or ``ONLINE_STATS_STALENESS`` of it was fed."""
+        if self.config.granularity == "pool":
+            stats = self._pool_stats_now()
+            return {"stats": stats, "errors": self._pool_errors(stats)}
+        v = self._online_view
+        size = self._pool.numel()
+        if (v is None or v["pool_gen"] != self._pool_gen or v["pool_size"] != size
+                or self._dirty >= max(1, math.ceil(ONLINE_STATS_STALENESS * size))):
+            stats = self._pool_stats_now()
+            v = {"stats": stats, "errors": self._pool_errors(stats), "pool_gen": self._pool_gen, "pool_size": size,
+                 "version": 0 if v is None else v["version"] + 1}
+            self._online_view = v
+            self._dirty = 0
+        return v
+
+    def _after_load(self) -> None:
+        if self._online_view is not None and not (
+            isinstance(self._online_view, dict) and {"stats", "errors", "pool_gen", "pool_size", "version"}
+            <= self._online_view.keys()
+        ):
+            raise ValueError("state_dict field _online_view is not a SageSelector online view")
+
+    def _pool_errors(self, stats: dict) -> tuple[float, float, bool]:
         """(error share, preference accuracy, exhausted) over the pool's known margins; NaN if too few known."""
         cfg = self.config
         pool = self._pool
@@ -203,7 +270,7 @@ class SageSelector(PairSelector):
             return math.nan, math.nan, False
         idx = pool[known]
         u = self._u[idx]
-        masks = self._stability(idx)
+        masks = self._stability(idx, stats)
         wanted = int((masks.stable & (u < 0)).sum())
         exhausted = wanted < cfg.exhaust_fraction * pool.numel()
         if cfg.margin_source == "implicit":
@@ -211,9 +278,14 @@ class SageSelector(PairSelector):
             exhausted &= float(masks.band.double().mean()) < 0.5
         return float((u < 0).double().mean()), float((u > 0).double().mean()), exhausted
 
-    def _update_competence_and_refresh(self) -> None:
+    def _update_competence_and_refresh(self, view: dict | None = None) -> None:
         cfg = self.config
-        err, acc, exhausted = self._pool_errors()
+        view = view or self._view()
+        if cfg.granularity == "online":
+            if view["version"] == self._competence_version:
+                return  # nothing new since the last evaluation (cached statistics)
+            self._competence_version = view["version"]
+        err, acc, exhausted = view["errors"]
         advance = exhausted
         if cfg.competence_source == "external":
             comp = self._external_competence
@@ -260,15 +332,12 @@ class SageSelector(PairSelector):
 
     # ------------------------------------------------------------------ selection
 
-    def _stability(self, idx: torch.Tensor) -> StabilityMasks:
+    def _stability(self, idx: torch.Tensor, stats: dict) -> StabilityMasks:
         cfg = self.config
         u = torch.where(self._invalid[idx], torch.full_like(self._u[idx], math.nan), self._u[idx])
         if cfg.score_variant == "token_curvature":
             u = torch.where(torch.isfinite(self._curv[idx]), u, torch.full_like(u, math.nan))
-        pool = self._pool
-        pool_u = self._u[pool]
-        ok = torch.isfinite(pool_u) & ~self._invalid[pool]
-        return stability_masks(u, self._history[idx], pool_u[ok], cfg, self.tiers[idx], self.tiers[pool][ok])
+        return masks_from_statistics(u, self._history[idx], stats, cfg, self.tiers[idx])
 
     def _scores(self, idx: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -281,42 +350,45 @@ class SageSelector(PairSelector):
             rejected_curvature=curv,
         )
 
-    def _choose(self, candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    def _choose(
+        self, candidates: torch.Tensor, k: int, stats: dict
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """Up to k *wanted* candidates by score, the noise suspects among the candidates, and the selection metrics.
 
         Wanted: stable pairs with ``u < 0`` (``fill="uniform"``, the default), or every stable pair (``fill="score"``:
         the top-k by score, as loss-ranked baselines do).
         """
         cfg = self.config
-        m = self._stability(candidates)
+        m = self._stability(candidates, stats)
         u = self._u[candidates]
         wanted_mask = m.stable & (u < 0) if cfg.fill == "uniform" else m.stable
         eligible = candidates[wanted_mask]
         scores = self._scores(eligible)
         k = min(k, eligible.numel())
         if cfg.selection_mode == "topk":
-            chosen = top_k_random_ties(eligible, scores, k, self._gen)
+            chosen, pos = top_k_random_ties(eligible, scores, k, self._gen, with_positions=True)
         else:
             # Scores of finite margins are > 0 (u is clipped); the floor only guards against underflow.
-            chosen = weighted_sample_without_replacement(eligible, scores.clamp(min=1e-300), k, self._gen)
+            chosen, pos = weighted_sample_without_replacement(eligible, scores.clamp(min=1e-300), k, self._gen,
+                                                              with_positions=True)
         n_fin = int(m.finite.sum())
         chosen_u = self._u[chosen]
         nan = math.nan
         stats = {
-            "selector/unstable_fraction": float((m.finite & ~m.stable).sum()) / n_fin if n_fin else nan,
-            "selector/boundary_fraction": float(m.band.sum()) / n_fin if n_fin else nan,
-            "selector/sign_flip_fraction": float(m.temporal.sum()) / n_fin if n_fin else nan,
-            "selector/noise_suspect_fraction": float(m.suspect.sum()) / n_fin if n_fin else nan,
-            "selector/mean_score_selected": float(self._scores(chosen).mean()) if chosen.numel() else nan,
-            "selector/mean_margin_selected": float(chosen_u.mean()) if chosen.numel() else nan,
-            "selector/confident_error_fraction": float((chosen_u < 0).double().mean()) if chosen.numel() else nan,
+            "unstable_fraction": float((m.finite & ~m.stable).sum()) / n_fin if n_fin else nan,
+            "boundary_fraction": float(m.band.sum()) / n_fin if n_fin else nan,
+            "sign_flip_fraction": float(m.temporal.sum()) / n_fin if n_fin else nan,
+            "noise_suspect_fraction": float(m.suspect.sum()) / n_fin if n_fin else nan,
+            "mean_score_selected": float(scores[pos].mean()) if chosen.numel() else nan,
+            "mean_margin_selected": float(chosen_u.mean()) if chosen.numel() else nan,
+            "confident_error_fraction": float((chosen_u < 0).double().mean()) if chosen.numel() else nan,
         }
         return chosen, candidates[m.suspect], stats
 
-    def _select_pool(self) -> None:
+    def _select_pool(self, pool_stats: dict | None = None) -> None:
         pool = self._pool
         n = self._nominal_size()
-        chosen, suspects, stats = self._choose(pool, n)
+        chosen, suspects, stats = self._choose(pool, n, pool_stats or self._pool_stats_now())
         # No trivial fill: what the score does not want is drawn uniformly from the pool (noise suspects excluded),
         # up to the floor. Uniform members of the previous working set stay (they were drawn uniformly already), so
         # a round that changes nothing does not restart the pass over the working set.
@@ -332,20 +404,25 @@ class SageSelector(PairSelector):
         working = torch.cat([chosen, fill])
         if working.numel() != old.numel() or not torch.equal(torch.sort(working).values, torch.sort(old).values):
             self._set_working(working)
-        stats["selector/fallback_fraction"] = fill.numel() / max(1, chosen.numel() + fill.numel())
+        stats["fallback_fraction"] = fill.numel() / max(1, chosen.numel() + fill.numel())
         self._last = stats
         r = self.config.rescore_interval or max(1, self._working.numel() // self.batch_size)
         self._next_score_step = self._step + r
 
     def _draw_candidates(self) -> torch.Tensor:
         n_c = math.ceil(self.batch_size / self.config.selection_ratio)
-        cand = take_random(self._valid(self._pool), n_c, self._gen)
+        pool = self._pool
+        cand = None
+        if pool.numel() > 4 * n_c:
+            cand = take_random_valid(pool, n_c, self._gen, self._invalid)  # O(candidates)
+        if cand is None:  # a small or mostly invalid pool: a permutation of its valid pairs
+            cand = take_random(self._valid(pool), n_c, self._gen)
         cand = torch.cat([cand, self._fallback(cand, self.batch_size - cand.numel(), self._pool)])
         return torch.sort(cand).values
 
     def _select_online(self, candidates: torch.Tensor) -> None:
-        chosen, suspects, stats = self._choose(candidates, self.batch_size)
+        chosen, suspects, stats = self._choose(candidates, self.batch_size, self._view()["stats"])
         fill = self._fallback(torch.cat([chosen, suspects]), self.batch_size - chosen.numel(), candidates)
         self._online_batch = torch.cat([chosen, fill])
-        stats["selector/fallback_fraction"] = fill.numel() / self.batch_size
+        stats["fallback_fraction"] = fill.numel() / self.batch_size
         self._last = stats

@@ -119,6 +119,83 @@ def peer_z(
     return z
 
 
+def pool_statistics(pool_u: torch.Tensor, config, pool_groups: torch.Tensor | None = None) -> dict:
+    """What the stability rule needs from the pool, O(pool) once: the band half-width ``tau`` and, for the noise
+    guard, ``(median, 1.4826 MAD)`` of the finite pool margins per group (key None: the whole pool).
+
+    Plain floats and ints (a selector saves them in its state). `masks_from_statistics` applies them to any pairs
+    in O(pairs); `stability_masks` is the two in one call.
+    """
+    stats: dict = {"tau": 0.0, "peers": {}}
+    if not config.use_filter:
+        return stats
+    stats["tau"] = band_threshold(pool_u, config.boundary_band, config.band_scale)
+    if config.noise_guard is None:
+        return stats
+    fin_all = torch.isfinite(pool_u)
+    keys = [None] if pool_groups is None else torch.unique(pool_groups[fin_all]).tolist()
+    for g in keys:
+        fin = pool_u[fin_all] if g is None else pool_u[fin_all & (pool_groups == g)]
+        if fin.numel() == 0:
+            continue
+        med = fin.median()
+        stats["peers"][g] = (float(med), float((fin - med).abs().median() * _MAD_TO_STD))
+    return stats
+
+
+def _peer_z_from(u: torch.Tensor, peers: dict, groups: torch.Tensor | None) -> torch.Tensor:
+    """`peer_z` from `pool_statistics`: 0 for a group absent from the pool or without spread. One gather of the
+    per-group (median, MAD) instead of a pass per group; the same arithmetic, so the same values."""
+    if groups is None:
+        med_mad = peers.get(None)
+        if med_mad is None or not med_mad[1] > 0:
+            return torch.zeros_like(u)
+        return (u - med_mad[0]) / med_mad[1]
+    if groups.numel() == 0:
+        return torch.zeros_like(u)
+    size = int(groups.max()) + 1
+    med = torch.zeros(size, dtype=u.dtype)
+    mad = torch.ones(size, dtype=u.dtype)
+    spread = torch.zeros(size, dtype=torch.bool)
+    for g, (m, d) in peers.items():
+        if g is not None and 0 <= g < size and d > 0:
+            med[g], mad[g], spread[g] = m, d, True
+    z = (u - med[groups]) / mad[groups]
+    return torch.where(spread[groups], z, torch.zeros_like(z))
+
+
+def masks_from_statistics(
+    u: torch.Tensor,
+    history: torch.Tensor | None,
+    stats: dict,
+    config,
+    groups: torch.Tensor | None = None,
+) -> StabilityMasks:
+    """The stability rule (module docstring) of the pairs ``u`` against pool statistics from `pool_statistics`."""
+    finite = torch.isfinite(u)
+    none = torch.zeros(u.shape[0], dtype=torch.bool)
+    if not config.use_filter:
+        return StabilityMasks(finite, none, none.clone(), none.clone(), finite.clone())
+    band = in_boundary_band(u, stats["tau"]) | (u == 0)  # a margin of exactly 0 has no sign: always at the boundary
+    temporal = none.clone()
+    if history is not None and (config.sign_consistency or config.variance_threshold is not None):
+        h = history[:, -config.history_size :]
+        temporal = temporal_unstable(
+            h, sign_consistency=config.sign_consistency, variance_threshold=config.variance_threshold
+        ) & finite
+    suspect = none.clone()
+    if config.noise_guard is not None:
+        peers = stats["peers"]
+        far = _peer_z_from(u, peers, groups) < -config.noise_guard
+        if history is not None and history.shape[1] >= 2:
+            prev = history[:, -2]
+            # "stays" far below: the previous observation (if any) is far below the current pool too
+            prev_far = ~torch.isfinite(prev) | (_peer_z_from(prev, peers, groups) < -config.noise_guard)
+            far &= prev_far
+        suspect = finite & far
+    return StabilityMasks(finite, band, temporal, suspect, finite & ~band & ~temporal & ~suspect)
+
+
 def stability_masks(
     u: torch.Tensor,
     history: torch.Tensor | None,
@@ -136,25 +213,6 @@ def stability_masks(
     pair with the pool pairs of its own tier (a confident error is ordinary on a hard tier, suspicious on an easy one).
     ``stable = finite & ~band & ~temporal & ~suspect``; with ``use_filter=False`` only ``finite`` counts.
     """
-    finite = torch.isfinite(u)
-    none = torch.zeros(u.shape[0], dtype=torch.bool)
-    if not config.use_filter:
-        return StabilityMasks(finite, none, none.clone(), none.clone(), finite.clone())
-    tau = band_threshold(pool_u, config.boundary_band, config.band_scale)
-    band = in_boundary_band(u, tau) | (u == 0)  # a margin of exactly 0 has no sign: always at the boundary
-    temporal = none.clone()
-    if history is not None and (config.sign_consistency or config.variance_threshold is not None):
-        h = history[:, -config.history_size :]
-        temporal = temporal_unstable(
-            h, sign_consistency=config.sign_consistency, variance_threshold=config.variance_threshold
-        ) & finite
-    suspect = none.clone()
-    if config.noise_guard is not None:
-        far = peer_z(u, pool_u, groups, pool_groups) < -config.noise_guard
-        if history is not None and history.shape[1] >= 2:
-            prev = history[:, -2]
-            # "stays" far below: the previous observation (if any) is far below the current pool too
-            prev_far = ~torch.isfinite(prev) | (peer_z(prev, pool_u, groups, pool_groups) < -config.noise_guard)
-            far &= prev_far
-        suspect = finite & far
-    return StabilityMasks(finite, band, temporal, suspect, finite & ~band & ~temporal & ~suspect)
+    if groups is None or pool_groups is None:
+        groups = pool_groups = None
+    return masks_from_statistics(u, history, pool_statistics(pool_u, config, pool_groups), config, groups)

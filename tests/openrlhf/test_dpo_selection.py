@@ -94,7 +94,7 @@ def test_fit_with_sage(tiny_model_dir, tmp_path):
     assert len(seen) == 2 * steps_per_epoch  # constant epoch length, both epochs
     assert trainer.strategy.optimizer_steps == 2 * (len(dataset) // args.train.batch_size)
     assert trainer.sampler.pending == 0  # FIFO drained exactly
-    metrics = trainer.selector.metrics()
+    metrics = trainer.selector_metrics()
     assert metrics["selector/rounds"] >= 3 and metrics["selector/pairs_scored"] > 0
     assert metrics["selector/pairs_observed"] == 2 * steps_per_epoch * args.train.micro_batch_size
     assert metrics["selector/working_set_size"] <= len(dataset) // 2  # selection (ratio 0.5), not a reshuffle
@@ -129,14 +129,14 @@ def test_selector_state_is_checkpointed_and_restored(tiny_model_dir, tmp_path):
     assert saved["batches_done"] == len(trainer.train_dataloader) // trainer.strategy.accumulated_gradient
     resumed, _, _ = build(tiny_model_dir, tmp_path, spec, pairs=16, epochs=1, **{"ckpt.load_enable": True})
     assert resumed.sampler.state_dict()["batches_done"] == saved["batches_done"]
-    assert resumed.selector.metrics()["selector/step"] == trainer.selector.metrics()["selector/step"]
+    assert resumed.selector_metrics()["selector/step"] == trainer.selector_metrics()["selector/step"]
 
 
 def test_evaluate_uses_plain_dpo_loss(tiny_model_dir, tmp_path):
     trainer, dataset, _ = build(tiny_model_dir, tmp_path, SelectorSpec("dpo_full"), pairs=8, epochs=1)
     eval_loader = trainer.strategy.setup_dataloader(dataset, 2, True, False, dataset.collate_fn, drop_last=False)
     trainer.evaluate(eval_loader, steps=0)  # under no_grad: no FIFO pops, no observations
-    assert trainer.sampler.pending == 0 and trainer.selector.metrics()["selector/pairs_observed"] == 0
+    assert trainer.sampler.pending == 0 and trainer.selector_metrics()["selector/pairs_observed"] == 0
 
 
 def test_missing_curriculum_column_is_a_clear_error(tiny_model_dir, tmp_path):

@@ -250,6 +250,54 @@ def test_state_keeps_pending_groups_so_a_resumed_buffer_does_not_observe_twice()
     assert restored.rank(["left"]) == ["left"]
 
 
+def _as_version_1(sel: PromptGroupSelector) -> dict:
+    """The state the previous release wrote (a [key, [pass rates]] list per prompt, least recently seen first)."""
+    state = json.loads(json.dumps(sel.state_dict()))
+    del state["prompts"]
+    keys = sorted(sel._rows, key=lambda key: sel._stamp[sel._rows[key]])
+    return {**state, "version": 1, "histories": [[key, list(sel.history(key))] for key in keys]}
+
+
+@pytest.mark.parametrize("history_size,max_prompts", [(3, 100), (2, 100), (3, 4)])
+def test_a_version_1_state_still_loads_and_resumes(history_size, max_prompts):
+    """Checkpoints written before the array storage load; a smaller history_size / max_prompts cuts them as the
+    old loader did (last entries, most recently seen prompts)."""
+    rounds = [[("a", 1), ("b", 4), ("c", 8)], [("a", 3), ("d", 2)], [("b", 5), ("e", 0), ("a", 6)],
+              [("c", 2), ("f", 3)], [("g", 1), ("d", 5), ("b", 2)]]
+    cfg = PromptGroupSelectorConfig(history_size=3, competence_momentum=0.5, unlock_at=(0.4,))
+    first = PromptGroupSelector(cfg)
+    _run_rounds(first, rounds[:3], 0, 2)
+    resumed_cfg = PromptGroupSelectorConfig(history_size=history_size, max_prompts=max_prompts,
+                                            competence_momentum=0.5, unlock_at=(0.4,))
+    old, new = PromptGroupSelector(resumed_cfg), PromptGroupSelector(resumed_cfg)
+    old.load_state_dict(_as_version_1(first))
+    new.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    kept = sorted(first._rows, key=lambda key: first._stamp[first._rows[key]])[-max_prompts:]
+    for key in "abcde":
+        want = first.history(key)[-history_size:] if key in kept else ()
+        assert old.history(key) == want
+    assert _run_rounds(old, rounds[3:], 3, 2) == _run_rounds(new, rounds[3:], 3, 2)
+    for key in "abcdefg":  # the same prompts evicted afterwards (least recently seen first)
+        assert old.history(key) == new.history(key)
+
+
+@pytest.mark.parametrize("keys", [["p"], [""], ["a\x1fb", "c"], ["x", "", "y"]])
+def test_state_round_trips_any_prompt_key(keys):
+    sel = PromptGroupSelector()
+    for j, key in enumerate(keys):
+        sel.observe(f"g{j}", key, scores(j + 1))
+    restored = PromptGroupSelector()
+    restored.load_state_dict(json.loads(json.dumps(sel.state_dict())))
+    assert [restored.history(k) for k in keys] == [sel.history(k) for k in keys] != [()] * len(keys)
+
+
+def test_load_state_rejects_a_corrupted_history():
+    state = json.loads(json.dumps(PromptGroupSelector().state_dict()))
+    state["prompts"]["keys"] = ["x"]
+    with pytest.raises(ValueError, match="prompts is inconsistent"):
+        PromptGroupSelector().load_state_dict(state)
+
+
 def test_load_state_rejects_unknown_version():
     with pytest.raises(ValueError, match="version"):
         PromptGroupSelector().load_state_dict({"version": 99})

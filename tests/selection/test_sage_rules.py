@@ -49,7 +49,7 @@ def test_working_set_is_wanted_errors_then_uniform_fill_up_to_the_floor(seed, n,
     k = min(floor, n_err)
     # every wanted pair the floor allows is in, ranked by score (lowest margins first)
     assert chosen == set(torch.argsort(u[:n_err])[:k].tolist())
-    assert sel.metrics()["selector/fallback_fraction"] == pytest.approx((floor - k) / floor)
+    assert sel.metrics()["fallback_fraction"] == pytest.approx((floor - k) / floor)
 
 
 def test_fill_is_uniform_not_the_largest_or_smallest_margins():
@@ -61,7 +61,7 @@ def test_fill_is_uniform_not_the_largest_or_smallest_margins():
         _feed(sel, lambda idx: u[idx])
         sel.next_batch()
         counts[sel._working] += 1
-        assert sel.metrics()["selector/fallback_fraction"] == 1.0
+        assert sel.metrics()["fallback_fraction"] == 1.0
     # each pair is in the working set with probability 1/4 whatever its margin: compare the quartiles of margins
     q = counts.view(4, -1).sum(1) / (40 * 100)
     assert torch.all((q - 0.25).abs() < 0.04), q.tolist()
@@ -75,7 +75,7 @@ def test_weak_signal_degrades_to_uniform_over_the_pool():
     for _ in range(n // b):
         seen |= set(sel.next_batch().tolist())
     assert seen == set(range(n))  # one pass over the whole pool, like dpo_full
-    assert sel.metrics()["selector/fallback_fraction"] == 1.0
+    assert sel.metrics()["fallback_fraction"] == 1.0
 
 
 @settings(max_examples=15, deadline=None)
@@ -90,7 +90,7 @@ def test_selection_is_scale_free(seed, scale):
         _feed(sel, lambda idx: u[idx] * s)
         runs.append([sel.next_batch().tolist() for _ in range(12)])
         m = sel.metrics()
-        assert m["selector/boundary_fraction"] < 0.5
+        assert m["boundary_fraction"] < 0.5
     assert runs[0] == runs[1]
 
 
@@ -121,7 +121,7 @@ def test_noise_guard_keeps_suspects_out_of_the_working_set():
     suspects = {i for i in range(10) if i % 2 == 0}
     assert not (w & suspects)
     assert set(range(11, 20, 2)) <= w
-    assert sel.metrics()["selector/noise_suspect_fraction"] > 0
+    assert sel.metrics()["noise_suspect_fraction"] > 0
 
 
 def test_fixed_cadence_and_cached_rounds_cost_nothing_after_step_zero():
@@ -135,7 +135,7 @@ def test_fixed_cadence_and_cached_rounds_cost_nothing_after_step_zero():
         z = torch.zeros(b, dtype=torch.float64)
         sel.observe_batch(batch, (u[batch] + 1.0) / sel.config.beta, z, z, z)  # trained pairs improve
     assert scored[0] == n and sum(scored[1:]) == 0  # step 0 only; later rounds use step-0 and observed margins
-    assert sel.metrics()["selector/rounds"] == 4  # steps 0, 5, 10, 15
+    assert sel.metrics()["rounds"] == 4  # steps 0, 5, 10, 15
     pool = _sage(n, b, rescore_interval=5, rescore_scope="pool")
     costs = []
     for _ in range(20):
@@ -155,14 +155,14 @@ def test_competence_plateau_advances_the_curriculum_whatever_the_noise():
     for _ in range(12):
         _feed(sel, u_of)
         sel.next_batch()
-    assert sel.metrics()["selector/level"] == 2.0
+    assert sel.metrics()["level"] == 2.0
     stuck = SageSelector(num_pairs=n, batch_size=b, tiers=tiers,
                          config=SageConfig(tier_mix=0.0, rescore_interval=2, rescore_scope="pool", plateau_rounds=0,
                                            noise_guard=None, sign_consistency=False, competence_source="pool"))
     for _ in range(12):
         _feed(stuck, u_of)
         stuck.next_batch()
-    assert stuck.metrics()["selector/level"] == 0.0  # the old pool-accuracy trigger never fires under a cap
+    assert stuck.metrics()["level"] == 0.0  # the old pool-accuracy trigger never fires under a cap
 
 
 # ---------------------------------------------------------------- load_state_dict checks

@@ -26,7 +26,7 @@ def _score_fn(holder):
     """Margins that depend on the pair and on the selector's own step, so two runs in the same state see the same."""
 
     def fn(idx):
-        t = holder["sel"].metrics()["selector/step"]
+        t = holder["sel"].metrics()["step"]
         u = torch.sin(idx.double() * 1.3 + t * 0.7) * 3.0
         z = torch.zeros_like(u)
         return u / 0.1, z, z, z
@@ -61,7 +61,7 @@ def test_epoch_length_is_constant_and_batches_are_selector_batches(name, n, b, r
         assert set(out) <= shard
         for k in range(0, len(out), b):
             assert len(set(out[k:k + b])) == b  # each selector batch is duplicate-free
-    assert sel.metrics()["selector/step"] == epochs * expected // b
+    assert sel.metrics()["step"] == epochs * expected // b
 
 
 def test_dataloader_integration_and_plain_loops_without_set_epoch():
@@ -73,7 +73,7 @@ def test_dataloader_integration_and_plain_loops_without_set_epoch():
     for _ in range(3):  # no set_epoch: the sampler starts the next epoch itself
         batches = [x.tolist() for x in loader]
         assert len(batches) == 12
-    assert sel.metrics()["selector/step"] == 18
+    assert sel.metrics()["step"] == 18
     with pytest.raises(ValueError, match="multiple"):
         SageSampler(sel, num_samples=6)
     with pytest.raises(TypeError, match="PairSelector"):

@@ -135,9 +135,9 @@ def test_batches_full_unique_in_shard_and_never_known_nan(a, steps):
         feeder.fed_nan |= set(bl) & set(nan)
     m = sel.metrics()
     assert all(isinstance(v, float) for v in m.values())
-    assert m["selector/nonfinite_margins"] == nan_feeds
-    assert m["selector/invalid_pairs"] == len(feeder.fed_nan & shard)
-    assert m["selector/step"] == steps
+    assert m["nonfinite_margins"] == nan_feeds
+    assert m["invalid_pairs"] == len(feeder.fed_nan & shard)
+    assert m["step"] == steps
 
 
 @settings(max_examples=40)
@@ -178,7 +178,7 @@ def test_state_dict_round_trip_across_curriculum_refreshes(granularity, mode, na
     feeder = Feeder(n, 11, nan=nan, slope=0.3, drift=0.3)
     sel = _build(a)
     before = 0
-    while sel.metrics()["selector/refreshes"] < 1:  # save after the first refresh
+    while sel.metrics()["refreshes"] < 1:  # save after the first refresh
         _run(sel, feeder, 1, start=before)
         before += 1
         assert before < 60, "the curriculum never refreshed"
@@ -188,7 +188,7 @@ def test_state_dict_round_trip_across_curriculum_refreshes(granularity, mode, na
     fresh.load_state_dict(state)
     resumed = _run(fresh, Feeder(n, 11, nan=nan, slope=0.3, drift=0.3), 15, start=before)
     assert resumed == cont
-    assert sel.metrics()["selector/level"] == fresh.metrics()["selector/level"] > 0
+    assert sel.metrics()["level"] == fresh.metrics()["level"] > 0
 
 
 # The first reconstruction's rules, still available as options: absolute band, no noise guard, top-k fill by score,
@@ -223,14 +223,14 @@ def test_pool_selection_is_top_rho_of_stable_pairs_and_never_the_band(seed, n, b
             assert seen <= set(top.tolist())
         else:
             assert seen <= set(eligible.tolist())
-        assert sel.metrics()["selector/fallback_fraction"] == 0.0
+        assert sel.metrics()["fallback_fraction"] == 0.0
     else:
         # every eligible pair is in the working set; the floor is filled uniformly from the rest of the pool
         assert set(eligible.tolist()) <= set(sel._working.tolist())
         assert sel._working.numel() == nominal
-        assert sel.metrics()["selector/fallback_fraction"] == pytest.approx((nominal - k) / nominal)
+        assert sel.metrics()["fallback_fraction"] == pytest.approx((nominal - k) / nominal)
     expected_unstable = float((u.abs() < band).double().mean())
-    assert sel.metrics()["selector/unstable_fraction"] == pytest.approx(expected_unstable)
+    assert sel.metrics()["unstable_fraction"] == pytest.approx(expected_unstable)
 
 
 @given(seed=st.integers(0, 10_000), n=st.integers(12, 80), b=st.integers(1, 6), rho=st.sampled_from([0.25, 0.5]))
@@ -291,8 +291,8 @@ def test_fallback_all_unstable_pool_never_crashes_or_empties():
                 sel.update_scores(idx, zi, zi, zi, zi)  # u = 0: every pair in the boundary band
             batch = sel.next_batch()
             assert batch.numel() == b and batch.unique().numel() == b
-        assert sel.metrics()["selector/fallback_fraction"] == 1.0
-        assert sel.metrics()["selector/unstable_fraction"] == 1.0
+        assert sel.metrics()["fallback_fraction"] == 1.0
+        assert sel.metrics()["unstable_fraction"] == 1.0
 
 
 def test_fallback_sign_flipping_pool():
@@ -306,8 +306,8 @@ def test_fallback_sign_flipping_pool():
             sel.update_scores(idx, u / 0.1, z, z, z)
         assert sel.next_batch().numel() == b
         if t >= 1:
-            assert sel.metrics()["selector/sign_flip_fraction"] == 1.0
-            assert sel.metrics()["selector/fallback_fraction"] == 1.0
+            assert sel.metrics()["sign_flip_fraction"] == 1.0
+            assert sel.metrics()["fallback_fraction"] == 1.0
 
 
 def test_nan_pool_falls_back_outside_pool_and_all_nan_raises():
@@ -322,8 +322,8 @@ def test_nan_pool_falls_back_outside_pool_and_all_nan_raises():
     for _ in range(3):
         batch = sel.next_batch()
         assert (batch >= 10).all()
-    assert sel.metrics()["selector/invalid_pairs"] == 10.0
-    assert sel.metrics()["selector/nonfinite_margins"] == 10.0
+    assert sel.metrics()["invalid_pairs"] == 10.0
+    assert sel.metrics()["nonfinite_margins"] == 10.0
     # all pairs non-finite: an upstream bug, reported loudly
     sel2 = SageSelector(num_pairs=n, batch_size=b, config=SageConfig(warmup_steps=0, use_curriculum=False))
     idx = sel2.indices_to_score()
@@ -335,7 +335,7 @@ def test_nan_pool_falls_back_outside_pool_and_all_nan_raises():
     z = torch.zeros(n, dtype=torch.float64)
     sel2.update_scores(idx, z + 30.0, z, z, z)
     assert sel2.next_batch().numel() == b
-    assert sel2.metrics()["selector/invalid_pairs"] == 0.0
+    assert sel2.metrics()["invalid_pairs"] == 0.0
 
 
 def _feed_const(sel, u_of):
@@ -353,14 +353,14 @@ def test_competence_refresh_advances_tiers_and_requests_only_new_pairs():
     tiers = torch.arange(n) % 3
     sel = SageSelector(num_pairs=n, batch_size=b, tiers=tiers,
                        config=SageConfig(warmup_steps=0, tier_mix=0.0, competence_threshold=0.8))
-    assert sel.metrics()["selector/level"] == 0.0
+    assert sel.metrics()["level"] == 0.0
     reqs = _feed_const(sel, lambda idx: torch.full((idx.numel(),), 2.0, dtype=torch.float64))
     # round on tier 0 -> competence 1 -> tier 1 added -> follow-up on tier 1 only -> competence 1 -> tier 2
     assert [set(tiers[r].tolist()) for r in reqs] == [{0}, {1}, {2}]
-    assert sel.metrics()["selector/level"] == 2.0
-    assert sel.metrics()["selector/refreshes"] == 2.0
-    assert sel.metrics()["selector/pool_size"] == n
-    assert sel.metrics()["selector/pairs_scored"] == n
+    assert sel.metrics()["level"] == 2.0
+    assert sel.metrics()["refreshes"] == 2.0
+    assert sel.metrics()["pool_size"] == n
+    assert sel.metrics()["pairs_scored"] == n
     sel.next_batch()
 
 
@@ -369,11 +369,11 @@ def test_no_refresh_below_threshold_and_refresh_when_exhausted():
     tiers = torch.arange(n) % 3
     sel = SageSelector(num_pairs=n, batch_size=b, tiers=tiers, config=SageConfig(warmup_steps=0, tier_mix=0.0))
     _feed_const(sel, lambda idx: torch.full((idx.numel(),), -2.0, dtype=torch.float64))
-    assert sel.metrics()["selector/level"] == 0.0 and sel.metrics()["selector/competence"] == 0.0
+    assert sel.metrics()["level"] == 0.0 and sel.metrics()["competence"] == 0.0
     # 70% correct (< kappa 0.8), the rest in the boundary band: no stable confident error left -> exhausted
     sel = SageSelector(num_pairs=n, batch_size=b, tiers=tiers, config=SageConfig(warmup_steps=0, tier_mix=0.0))
     _feed_const(sel, lambda idx: torch.where(idx % 10 < 7, 2.0, -0.1).double())
-    assert sel.metrics()["selector/level"] == 2.0
+    assert sel.metrics()["level"] == 2.0
 
 
 def test_external_competence():
@@ -385,12 +385,12 @@ def test_external_competence():
     # 85% correct (pool accuracy above kappa), 15% stable confident errors (so the pool is not exhausted)
     pos = lambda idx: torch.where(idx % 20 < 17, 2.0, -2.0).double()  # noqa: E731
     _feed_const(sel, pos)
-    assert sel.metrics()["selector/level"] == 0.0  # pool accuracy is 0.85 but it is not the configured source
-    assert math.isnan(sel.metrics()["selector/competence"])
+    assert sel.metrics()["level"] == 0.0  # pool accuracy is 0.85 but it is not the configured source
+    assert math.isnan(sel.metrics()["competence"])
     sel.next_batch()
     sel.set_competence(0.9)
     _feed_const(sel, pos)
-    assert sel.metrics()["selector/level"] == 1.0
+    assert sel.metrics()["level"] == 1.0
     with pytest.raises(ValueError, match="competence"):
         sel.set_competence(1.5)
 
@@ -438,9 +438,9 @@ def test_unfed_request_is_reported_and_selection_continues():
         batch = sel.next_batch()
         assert batch.numel() == b
         if t >= 2:
-            assert sel.metrics()["selector/score_pending"] == 1.0
+            assert sel.metrics()["score_pending"] == 1.0
         else:
-            assert sel.metrics()["selector/score_pending"] == 0.0
+            assert sel.metrics()["score_pending"] == 0.0
 
 
 @given(n=st.integers(6, 60), replicas=st.integers(1, 4), seed=st.integers(0, 1000))
@@ -525,7 +525,7 @@ def test_static_curriculum_follows_fixed_schedule():
     for t in range(total):
         batch = sel.next_batch()
         assert tiers[batch].max().item() <= t * 3 // total
-        assert sel.metrics()["selector/level"] == t * 3 // total
+        assert sel.metrics()["level"] == t * 3 // total
     assert sel.indices_to_score().numel() == 0
 
 

@@ -102,7 +102,7 @@ def test_margins_fed_back_equal_trl_and_batches_follow_the_selector(tmp_path):
     # Each optimizer step trains on exactly one selector batch, in order.
     trained = [seen[2 * i]["indices"] + seen[2 * i + 1]["indices"] for i in range(4)]
     assert trained == drawn[:4]
-    metrics = trainer.selector.metrics()
+    metrics = trainer.selector_metrics()
     assert metrics["selector/pairs_observed"] == 16
     assert metrics["selector/pairs_scored"] > 0
     assert any(abs(s["margin"]) > 1e-3 for s in seen)  # the policy moved: margins are not all zero
@@ -115,7 +115,7 @@ def test_every_selector_trains(name, tmp_path):
     trainer, drawn = _run(_args(tmp_path, selector=name, max_steps=2, sage_warmup_steps=0))
     assert len(trainer.steps_seen) == 4
     assert all(len(set(b)) == len(b) == 4 for b in drawn)
-    scored = trainer.selector.metrics()["selector/pairs_scored"]
+    scored = trainer.selector_metrics()["selector/pairs_scored"]
     assert (scored > 0) == (name in SCORING_SELECTORS), scored
     assert all(math.isfinite(s["loss"]) for s in trainer.steps_seen)
 

@@ -169,7 +169,7 @@ def test_checkpoint_callback_saves_and_a_resumed_buffer_restores_exactly(ppo_con
     assert isinstance(callback, PromptGroupCheckpointCallback)
     ckpt = tmp_path / "global_step_3"
     callback.on_save(trainer=SimpleNamespace(replay_buffer=first), global_step=3, checkpoint_dir=str(ckpt))
-    assert json.loads((ckpt / STATE_FILE).read_text())["version"] == 1
+    assert json.loads((ckpt / STATE_FILE).read_text())["version"] == 2
 
     # a new process: fresh buffer, the dataloader resumes where it was, the trainer resumes at step 4
     resumed = build(ppo_config, rollout, flags)

@@ -84,7 +84,7 @@ def recording_fit(self, *args, **kwargs):
     except Preempted:
         stopped = True
     with open(result_path, "w") as f:
-        json.dump({"metrics": self.selector.metrics(), "pending": self.sampler.pending, "batches": batches,
+        json.dump({"metrics": self.selector_metrics(), "pending": self.sampler.pending, "batches": batches,
                    "loader_len": len(self.train_dataloader), "epochs": self.epochs, "stopped": stopped,
                    "rank": self.selector.rank, "num_replicas": self.selector.num_replicas,
                    "shard": self.selector.shard.tolist(), "state": _plain(self.sampler.state_dict())}, f)

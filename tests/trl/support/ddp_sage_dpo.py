@@ -34,5 +34,5 @@ trainer.train()
 rank = trainer.accelerator.process_index
 with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
     json.dump({"rank": rank, "world": trainer.accelerator.num_processes, "trained": trained,
-               "metrics": trainer.selector.metrics(),
+               "metrics": trainer.selector_metrics(),
                "params": [p.detach().double().sum().item() for p in trainer.model.parameters()]}, fh)
