@@ -81,3 +81,34 @@ def agg_loss(
             raise ValueError(f"loss_scale_factor must be > 0, got {scale!r}")
         loss = loss / scale
     return loss
+
+
+def agg_grad_scale(
+    loss_mask: torch.Tensor,
+    loss_agg_mode: str = "token-mean",
+    *,
+    upstream: torch.Tensor,
+    dp_size: int = 1,
+    batch_num_tokens: int | float | torch.Tensor | None = None,
+    global_batch_size: int | float | torch.Tensor | None = None,
+    loss_scale_factor: int | float | None = None,
+) -> torch.Tensor:
+    """``upstream * d agg_loss / d loss_mat`` at the valid positions (the gradient is 0 at masked ones): a 0-d
+    tensor for the token modes, ``[batch, 1]`` (one value per sequence) for the seq modes. ``agg_loss`` is linear in
+    ``loss_mat``; this runs the operations of its backward in their order (``loss_scale_factor``, ``dp_size``, the
+    global count, the per-sequence count), so the bits equal autograd's. Arguments as ``agg_loss`` (call it first:
+    it validates them)."""
+    mask = loss_mask.bool()
+    if loss_agg_mode == "token-sum":
+        return upstream * dp_size
+    if loss_agg_mode == "token-mean":
+        return _safe_div(upstream * dp_size, mask.sum() if batch_num_tokens is None else batch_num_tokens)
+    tokens_per_seq = mask.sum(-1, keepdim=True)
+    if global_batch_size is None:
+        global_batch_size = (tokens_per_seq > 0).sum()
+    if loss_agg_mode == "seq-mean-token-sum-norm" and not (loss_scale_factor is None and loss_mask.shape[-1] == 0):
+        upstream = upstream / (loss_scale_factor if loss_scale_factor is not None else loss_mask.shape[-1])
+    scale = _safe_div(upstream * dp_size, global_batch_size)
+    if loss_agg_mode == "seq-mean-token-mean":
+        return scale / tokens_per_seq.clamp(min=1).to(scale.dtype)
+    return scale

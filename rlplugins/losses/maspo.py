@@ -81,7 +81,7 @@ def maspo_gate(
 
 @register_policy_loss(
     "maspo",
-    config_cls=MaspoConfig, finite_safe=True,
+    config_cls=MaspoConfig, finite_safe=True, analytic_grad=True,
     formula="-A * sg(w) * r, w = exp(-(r-1)^2 / (2 sigma^2)) on (A>0,r>1) and (A<0,r<1), sigma = M(pi_old) k(A)",
     description="MASPO (arXiv 2602.17550): soft Gaussian gate, mass-adaptive width, asymmetric risk control",
 )
@@ -92,14 +92,18 @@ def maspo_token_loss(
     log_ratio, passes = clamped_log_ratio(log_prob, old_log_prob, bound)
     ratio = torch.exp(log_ratio)
     w = maspo_gate(ratio, old_log_prob, advantages, config)
-    loss = -advantages * (w * ratio)  # w is exactly 1 outside the quadrants, so this is -A * r there, bit for bit
+    neg_adv = -advantages
+    loss = neg_adv * (w * ratio)  # w is exactly 1 outside the quadrants, so this is -A * r there, bit for bit
     with torch.no_grad():
         r = ratio.detach()
-        grad = torch.where(passes, -advantages * w * r, torch.zeros_like(r))
+        grad = torch.where(passes, neg_adv * w * r, 0.0)
         # The official code logs PPO's eps = 0.2 and c = 3 clip fractions in maspo mode without applying them;
         # we report the same diagnostics so dashboards stay comparable.
         ppo_would_clip = ((r < 1 - PPO_DIAGNOSTIC_EPS) & (advantages < 0)) | ((r > 1 + PPO_DIAGNOSTIC_EPS) & (advantages > 0))
         dual_would_clip = (r > PPO_DIAGNOSTIC_DUAL_CLIP) & (advantages < 0)
-    loss, grad, w, hit = apply_dual_clip(loss, advantages, grad, w, config.dual_clip)
+    def vjp(up: torch.Tensor) -> torch.Tensor:  # autograd's order: mul by -A, by w, exp's r, clamp's mask
+        return torch.where(passes, up * neg_adv * w * r, 0.0)
+
+    loss, grad, w, hit, vjp = apply_dual_clip(loss, advantages, grad, w, config.dual_clip, vjp)
     return TokenLoss(loss=loss, grad_logp=grad, gate=w, ratio=r, clipped=ppo_would_clip,
-                     clipped_lower=hit if hit is not None else dual_would_clip)
+                     clipped_lower=hit if hit is not None else dual_would_clip, vjp=vjp)

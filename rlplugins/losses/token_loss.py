@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -22,6 +23,10 @@ class TokenLoss:
     ratio:     detached importance ratio used by the loss (after clamping), for metrics.
     clipped:   optional detached bool tensor, the loss's own notion of a clipped token (pg_clipfrac).
     clipped_lower: optional detached bool tensor for dual-clip (pg_clipfrac_lower).
+    vjp:       optional backward of ``loss``: maps the upstream gradient ``dL/dl`` per token to ``dL/dlog_prob``
+               with the operations autograd would run, in its order (so the same bits as ``loss.backward()``
+               through the formula). The built-ins set it; compute_policy_loss then evaluates the loss without a
+               graph and calls it in one backward node.
     """
 
     loss: torch.Tensor
@@ -30,6 +35,7 @@ class TokenLoss:
     ratio: torch.Tensor
     clipped: torch.Tensor | None = None
     clipped_lower: torch.Tensor | None = None
+    vjp: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def clamped_log_ratio(
@@ -47,15 +53,22 @@ def clamped_log_ratio(
     return clamped, passes
 
 
+def clamp_passes(raw: torch.Tensor, bound: float = LOG_RATIO_CLAMP) -> torch.Tensor:
+    """Where ``torch.clamp(raw, -bound, bound)`` passes the gradient (inclusive bounds, as its backward)."""
+    return (raw >= -bound) & (raw <= bound)
+
+
 def apply_dual_clip(
-    loss: torch.Tensor, advantages: torch.Tensor, grad_logp: torch.Tensor, gate: torch.Tensor, c: float | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    loss: torch.Tensor, advantages: torch.Tensor, grad_logp: torch.Tensor, gate: torch.Tensor, c: float | None,
+    vjp: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None] | tuple:
     """Dual clip (Ye et al., arXiv 1912.09729): for A < 0, ``l <- min(l, -c A)``.
 
-    Returns the new loss, gradient, gate and the mask of tokens the dual clip bounded (None when off).
+    Returns the new loss, gradient, gate and the mask of tokens the dual clip bounded (None when off), and, when
+    ``vjp`` (the backward of ``loss``) is given, the backward of the new loss as a fifth element.
     """
     if c is None:
-        return loss, grad_logp, gate, None
+        return (loss, grad_logp, gate, None) if vjp is None else (loss, grad_logp, gate, None, vjp)
     cap = -advantages * c
     capped = torch.minimum(loss, cap)
     new_loss = torch.where(advantages < 0, capped, loss)
@@ -63,4 +76,15 @@ def apply_dual_clip(
         hit = (advantages < 0) & (loss > cap)
         grad_logp = torch.where(hit, torch.zeros_like(grad_logp), grad_logp)
         gate = torch.where(hit, torch.zeros_like(gate), gate)
-    return new_loss, grad_logp, gate, hit
+    if vjp is None:
+        return new_loss, grad_logp, gate, hit
+    with torch.no_grad():
+        neg = advantages < 0
+        tie = neg & (loss == cap)
+        above = neg & (loss > cap)
+
+    def dual_vjp(up: torch.Tensor) -> torch.Tensor:
+        # where() and minimum()'s backward: A >= 0 passes up; A < 0 passes it where l < cap, half at a tie, 0 above.
+        return vjp(torch.where(above, 0.0, torch.where(tie, up / 2, up)))
+
+    return new_loss, grad_logp, gate, hit, dual_vjp
