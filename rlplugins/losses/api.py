@@ -44,6 +44,13 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+def _detached(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.detach().to(dtype)`` without the dispatcher round trips when they would return ``t`` itself."""
+    if t.requires_grad:
+        t = t.detach()
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def token_policy_loss(
     name: str,
     *,
@@ -94,8 +101,8 @@ def compute_policy_loss(
     gbi = normalize_global_batch_info(global_batch_info, owner=owner)
 
     dtype = _compute_dtype(log_prob)
-    old, adv = old_log_prob.detach().to(dtype), advantages.detach().to(dtype)
-    weights = rollout_is_weights.detach().to(dtype) if rollout_is_weights is not None else None
+    old, adv = _detached(old_log_prob, dtype), _detached(advantages, dtype)
+    weights = _detached(rollout_is_weights, dtype) if rollout_is_weights is not None else None
     if compiling():
         return _traced_policy_loss(spec, cfg, log_prob, old, adv, weights, valid, loss_agg_mode, gbi, on_nonfinite,
                                    names, owner, count_floor)
@@ -155,10 +162,11 @@ class _AnalyticPolicyLoss(torch.autograd.Function):
 
 def _policy_loss(spec, cfg, log_prob: torch.Tensor, lp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor,
                  weights: torch.Tensor | None, valid: torch.Tensor, loss_agg_mode: str, gbi: Mapping[str, Any],
-                 analytic: bool) -> tuple[torch.Tensor, TokenLoss]:
+                 analytic: bool, vf: torch.Tensor | None = None) -> tuple[torch.Tensor, TokenLoss]:
     """The aggregated loss and the per-token terms. ``lp``: ``log_prob`` in the compute dtype, possibly masked.
     ``analytic`` (a loss with ``analytic_grad``, eager): evaluated on ``lp`` without a graph, with one backward node
-    (``_AnalyticPolicyLoss``); otherwise through autograd (``lp`` must then be differentiable)."""
+    (``_AnalyticPolicyLoss``); otherwise through autograd (``lp`` must then be differentiable). ``vf``: ``valid`` as
+    0./1., when every input is finite (the per-token terms then are too: masking by products instead of where())."""
     if not analytic:
         tok = spec.fn(lp, old, adv, cfg, response_mask=valid)
         loss_mat = tok.loss if weights is None else tok.loss * weights
@@ -167,7 +175,7 @@ def _policy_loss(spec, cfg, log_prob: torch.Tensor, lp: torch.Tensor, old: torch
     with torch.no_grad():
         tok = spec.fn(lp.detach(), old, adv, cfg, response_mask=valid)
         loss_mat = tok.loss if weights is None else tok.loss * weights
-        loss = agg_loss(loss_mat, valid, loss_agg_mode, **gbi)
+        loss = agg_loss(loss_mat, valid, loss_agg_mode, float_mask=vf, **gbi)
     if not needs_grad:
         return loss, tok
     if tok.vjp is None:
@@ -178,7 +186,8 @@ def _policy_loss(spec, cfg, log_prob: torch.Tensor, lp: torch.Tensor, old: torch
     def backward_fn(up: torch.Tensor) -> torch.Tensor:
         # agg_loss's backward (dp_size, the count, per-sequence count; where() to the valid tokens), the weights', the
         # loss formula's.
-        g = torch.where(valid, agg_grad_scale(valid, loss_agg_mode, upstream=up, **gbi), 0.0)
+        scale = agg_grad_scale(valid, loss_agg_mode, upstream=up, **gbi)
+        g = torch.where(valid, scale, 0.0) if vf is None else vf * scale
         return vjp(g if weights is None else g * weights)
 
     return _AnalyticPolicyLoss.apply(log_prob, loss, backward_fn), tok
@@ -399,14 +408,13 @@ def _fast_policy_loss(spec, cfg, log_prob: torch.Tensor, old: torch.Tensor, adv:
     ``sum(logp - logp_old + A (+ w))``, is non-finite iff an element is (or a sum overflows, which also takes the
     exact path): it replaces the per-position finiteness scan and the masking copies of log_prob and old_log_prob."""
     dtype = old.dtype
-    lp = log_prob.to(dtype)
-    if spec.analytic_grad:
-        lp = lp.detach()
-    adv_masked = torch.where(valid, adv, 0.0)
+    lp = _detached(log_prob, dtype) if spec.analytic_grad else log_prob.to(dtype)
+    vf = valid.to(dtype)
+    adv_masked = adv * vf  # A finite (else the probe below sends the call to the exact path): the where() values
     loss, tok = _policy_loss(spec, cfg, log_prob, lp, old, adv_masked, weights, valid, loss_agg_mode, gbi,
-                             spec.analytic_grad)
+                             spec.analytic_grad, vf)
     with torch.no_grad():
-        log_ratio = lp.detach() - old
+        log_ratio = (lp.detach() if lp.requires_grad else lp) - old
         probe = log_ratio + adv
         if weights is not None:
             probe += weights
@@ -414,7 +422,7 @@ def _fast_policy_loss(spec, cfg, log_prob: torch.Tensor, old: torch.Tensor, adv:
         count = _local_count(gbi, valid, loss_agg_mode)
         if count is not None:
             extra.append(count[2].to(dtype))
-        values = _metric_vector(tok, log_ratio, adv_masked, valid, extra=extra)
+        values = _metric_vector(tok, log_ratio, adv_masked, valid, vf=vf, extra=extra)
         floats = values.tolist()  # the one host sync
     if not math.isfinite(floats[_N_RAW]):
         return None
@@ -425,57 +433,65 @@ def _fast_policy_loss(spec, cfg, log_prob: torch.Tensor, old: torch.Tensor, adv:
 # Documented metrics in the order _finish_metrics returns them.
 _METRIC_ORDER = ("ppo_kl", "ratio_mean", "ratio_max", "gate_mean", "gate_min", "damp_frac", "eff_weight_mean",
                  "quad_pos_frac", "quad_neg_frac", "pg_clipfrac", "pg_clipfrac_lower", "valid_tokens", "nonfinite_tokens")
-# Entries of _metric_vector: the valid-token sums of _SUMMED, then ratio_max, gate_min, sum |g / A|, count(A != 0).
-_SUMMED = ("valid_tokens", "ppo_kl", "ratio_mean", "gate_mean", "damp_frac", "quad_pos_frac", "quad_neg_frac",
-           "pg_clipfrac", "pg_clipfrac_lower")
-_N_RAW = len(_SUMMED) + 4
+# _metric_vector's entries: counts over valid tokens (valid, pg_clipfrac and pg_clipfrac_lower flags, gate < 0.5,
+# A > 0 and r > 1, A < 0 and r < 1); valid-token sums of the clamped log-ratio, ratio and gate; ratio_max, gate_min,
+# sum |g / A|, count(A != 0); then the caller's extras.
+_N_RAW = 13
 
 
 def _metric_vector(tok: TokenLoss, log_ratio: torch.Tensor, adv: torch.Tensor, valid: torch.Tensor, *,
-                   masked: bool = False, extra: list[torch.Tensor] = ()) -> torch.Tensor:
-    """The raw metric statistics as one float64 vector (``_SUMMED`` sums, then the 4 others, then ``extra``), for
-    inputs finite everywhere with ``adv`` zero at masked positions. ``masked=True``: the per-token terms may be
-    non-finite at masked positions (a custom loss evaluated on zeroed inputs), so they are zeroed there first.
+                   masked: bool = False, vf: torch.Tensor | None = None,
+                   extra: list[torch.Tensor] = ()) -> torch.Tensor:
+    """The raw metric statistics as one float64 vector (see ``_N_RAW``; then ``extra``), for inputs finite
+    everywhere with ``adv`` zero at masked positions. ``masked=True``: the per-token terms may be non-finite at
+    masked positions (a custom loss evaluated on zeroed inputs), so they are replaced there first. ``vf``:
+    ``valid`` as 0./1. in the compute dtype, if the caller has it.
 
-    One pass for every sum: the per-token terms (float, and bool flags promoted by ``stack``) are stacked into a
-    [k, N] matrix and multiplied by the float mask (one ``mv``); the max/min use where() with neutral values;
-    ``eff_weight_mean`` is a NaN-skipping sum of ``|g / A|`` (0/0 = NaN exactly where A = 0, masked included)."""
+    Few passes: every flag is counted by one ``count_nonzero`` over the stacked bool flags ANDed with the mask (the
+    quadrant flags need no mask: A = 0 at masked positions); the three sums are one ``mv`` of the stacked float
+    terms with the float mask (masked positions contribute finite * 0 = 0); the max/min over valid tokens multiply
+    by the mask (ratio > 0) or select +inf; ``eff_weight_mean`` is a NaN-skipping sum of ``|g / A|`` (0/0 = NaN
+    exactly where A = 0, masked included). One float64 vector at the end: one host sync for all."""
     dtype, device = log_ratio.dtype, log_ratio.device
-    ratio, gate = tok.ratio.to(dtype), tok.gate.to(dtype)
+    if vf is None:
+        vf = valid.to(dtype)
+    ratio, gate, grad = (t if t.dtype == dtype else t.to(dtype) for t in (tok.ratio, tok.gate, tok.grad_logp))
+    if masked:
+        ratio, gate, grad = (torch.where(valid, t, fill) for t, fill in ((ratio, 1.0), (gate, 1.0), (grad, 0.0)))
     zero = torch.zeros((), dtype=dtype, device=device)
-    rows = [valid, torch.clamp(log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP), ratio, gate, gate < 0.5,
-            (adv > 0) & (ratio > 1), (adv < 0) & (ratio < 1)]
-    rows += [c for c in (tok.clipped, tok.clipped_lower) if c is not None]
-    stacked = torch.stack(rows).to(dtype)
-    if masked:
-        stacked = torch.where(valid, stacked, zero)
-    sums = torch.mv(stacked.reshape(len(rows), -1), valid.reshape(-1).to(dtype))
-    grad = tok.grad_logp.to(dtype)
-    if masked:
-        grad = torch.where(valid, grad, zero)
-    missing = [zero] * (len(_SUMMED) - len(rows))  # pg_clipfrac(_lower) of a loss without them
-    if tok.clipped is None and tok.clipped_lower is not None:
-        missing, sums = [], torch.cat([sums[:-1], zero[None], sums[-1:]])
-    others = [
-        torch.where(valid, ratio, zero).amax() if ratio.numel() else zero,  # ratio > 0
+    quadrants = tok.quadrants if tok.quadrants is not None else ((adv > 0) & (ratio > 1), (adv < 0) & (ratio < 1))
+    flags = [valid, gate < 0.5, *quadrants]
+    flags += [c for c in (tok.clipped, tok.clipped_lower) if c is not None]
+    counts = torch.count_nonzero(torch.stack(flags) & valid, dim=(1, 2) if valid.dim() == 2 else -1)
+    if tok.clipped is None or tok.clipped_lower is None:
+        missing = counts.new_zeros(2 - (tok.clipped is not None) - (tok.clipped_lower is not None))
+        if tok.clipped is None and tok.clipped_lower is not None:
+            counts = torch.cat([counts[:4], missing, counts[4:]])
+        else:
+            counts = torch.cat([counts, missing])
+    terms = torch.stack([torch.clamp(log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP), ratio, gate])
+    sums = torch.mv(terms.reshape(3, -1), vf.reshape(-1))
+    others = torch.stack([
+        (ratio * vf).amax() if ratio.numel() else zero,  # ratio > 0
         torch.where(valid, gate, math.inf).amin() if gate.numel() else zero,
         torch.nansum((grad / adv).abs()),
         torch.count_nonzero(adv).to(dtype),
-    ]
-    return torch.cat([sums, torch.stack(missing + others + list(extra))]).to(torch.float64)
+        *extra,
+    ])
+    return torch.cat([counts.to(torch.float64), torch.cat([sums, others]).to(torch.float64)])
 
 
 def _finish_metrics(raw: list, n_bad: Any) -> dict[str, Any]:
     """The documented metrics from ``_metric_vector``'s entries: Python floats (eager, after the one host sync) or
     0-d float64 tensors (traced; no data-dependent branch). The same float64 operations either way, so a compiled
     call reports the same bits as an eager one."""
-    sums = dict(zip(_SUMMED, raw))
-    ratio_max, gate_min, eff_sum, n_adv = raw[len(_SUMMED):_N_RAW]
-    n = sums.pop("valid_tokens")
+    (n, damp, quad_pos, quad_neg, clipped, clipped_lower, log_ratio, ratio, gate, ratio_max, gate_min, eff_sum,
+     n_adv) = raw[:_N_RAW]
     traced = isinstance(n, torch.Tensor)
     denom = n.clamp(min=1) if traced else max(n, 1.0)
-    out = {key: value / denom for key, value in sums.items()}
-    out["ppo_kl"] = -out["ppo_kl"]
+    out = {"ppo_kl": -log_ratio / denom, "ratio_mean": ratio / denom, "gate_mean": gate / denom,
+           "damp_frac": damp / denom, "quad_pos_frac": quad_pos / denom, "quad_neg_frac": quad_neg / denom,
+           "pg_clipfrac": clipped / denom, "pg_clipfrac_lower": clipped_lower / denom}
     if traced:  # no valid token: min/max are undefined; report neutral values rather than +-inf
         empty = n == 0
         out["ratio_max"] = torch.where(empty, torch.zeros_like(ratio_max), ratio_max)

@@ -23,6 +23,8 @@ class TokenLoss:
     ratio:     detached importance ratio used by the loss (after clamping), for metrics.
     clipped:   optional detached bool tensor, the loss's own notion of a clipped token (pg_clipfrac).
     clipped_lower: optional detached bool tensor for dual-clip (pg_clipfrac_lower).
+    quadrants: optional detached bool tensors ``(A > 0 and r > 1, A < 0 and r < 1)`` for the quad_*_frac metrics,
+               when the loss computes exactly these anyway (MASPO's gated quadrants); else the metrics compute them.
     vjp:       optional backward of ``loss``: maps the upstream gradient ``dL/dl`` per token to ``dL/dlog_prob``
                with the operations autograd would run, in its order (so the same bits as ``loss.backward()``
                through the formula). The built-ins set it; compute_policy_loss then evaluates the loss without a
@@ -36,6 +38,7 @@ class TokenLoss:
     clipped: torch.Tensor | None = None
     clipped_lower: torch.Tensor | None = None
     vjp: Callable[[torch.Tensor], torch.Tensor] | None = None
+    quadrants: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def clamped_log_ratio(
@@ -49,13 +52,13 @@ def clamped_log_ratio(
     raw = log_prob - old_log_prob
     clamped = torch.clamp(raw, min=-bound, max=bound)
     with torch.no_grad():
-        passes = (raw >= -bound) & (raw <= bound)
+        passes = raw.abs() <= bound  # False for NaN, as the two-sided test
     return clamped, passes
 
 
 def clamp_passes(raw: torch.Tensor, bound: float = LOG_RATIO_CLAMP) -> torch.Tensor:
     """Where ``torch.clamp(raw, -bound, bound)`` passes the gradient (inclusive bounds, as its backward)."""
-    return (raw >= -bound) & (raw <= bound)
+    return raw.abs() <= bound
 
 
 def apply_dual_clip(
