@@ -437,6 +437,8 @@ _METRIC_ORDER = ("ppo_kl", "ratio_mean", "ratio_max", "gate_mean", "gate_min", "
 # A > 0 and r > 1, A < 0 and r < 1); valid-token sums of the clamped log-ratio, ratio and gate; ratio_max, gate_min,
 # sum |g / A|, count(A != 0); then the caller's extras.
 _N_RAW = 13
+# Stands in for +inf at masked positions in gate_min (finite: times 0 it must give 0, not NaN).
+_BIG = 1e30
 
 
 def _metric_vector(tok: TokenLoss, log_ratio: torch.Tensor, adv: torch.Tensor, valid: torch.Tensor, *,
@@ -462,7 +464,8 @@ def _metric_vector(tok: TokenLoss, log_ratio: torch.Tensor, adv: torch.Tensor, v
     quadrants = tok.quadrants if tok.quadrants is not None else ((adv > 0) & (ratio > 1), (adv < 0) & (ratio < 1))
     flags = [valid, gate < 0.5, *quadrants]
     flags += [c for c in (tok.clipped, tok.clipped_lower) if c is not None]
-    counts = torch.count_nonzero(torch.stack(flags) & valid, dim=(1, 2) if valid.dim() == 2 else -1)
+    # One count_nonzero per flag: count_nonzero(dim=...) over a stack takes a slow strided path on CPU.
+    counts = torch.stack([torch.count_nonzero(f & valid) for f in flags])
     if tok.clipped is None or tok.clipped_lower is None:
         missing = counts.new_zeros(2 - (tok.clipped is not None) - (tok.clipped_lower is not None))
         if tok.clipped is None and tok.clipped_lower is not None:
@@ -473,7 +476,7 @@ def _metric_vector(tok: TokenLoss, log_ratio: torch.Tensor, adv: torch.Tensor, v
     sums = torch.mv(terms.reshape(3, -1), vf.reshape(-1))
     others = torch.stack([
         (ratio * vf).amax() if ratio.numel() else zero,  # ratio > 0
-        torch.where(valid, gate, math.inf).amin() if gate.numel() else zero,
+        (gate + (1 - vf) * _BIG).amin() if gate.numel() else zero,  # exact at valid tokens: gate + 0
         torch.nansum((grad / adv).abs()),
         torch.count_nonzero(adv).to(dtype),
         *extra,

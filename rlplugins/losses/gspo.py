@@ -14,7 +14,7 @@ import torch
 
 from .config import GspoConfig
 from .registry import register_policy_loss
-from .token_loss import TokenLoss
+from .token_loss import TokenLoss, masked_by
 
 
 @register_policy_loss(
@@ -54,6 +54,6 @@ def gspo_token_loss(
         # maximum()'s backward: all of up to the larger term, half to each at a tie (inside the clip range, where
         # both halves times -A sum to up * -A exactly); the clipped term is larger only outside the range, where
         # clamp's backward gives 0. Then exp's s and clamp's mask.
-        return torch.where(through, up * neg_adv * sd, 0.0)
+        return masked_by(up * neg_adv * sd, through)
 
     return TokenLoss(loss=loss, grad_logp=grad, gate=gate, ratio=sd, clipped=clipped, vjp=vjp)

@@ -23,7 +23,7 @@ import torch
 
 from .config import MaspoConfig
 from .registry import register_policy_loss
-from .token_loss import LOG_RATIO_CLAMP, TokenLoss, apply_dual_clip, clamped_log_ratio
+from .token_loss import LOG_RATIO_CLAMP, TokenLoss, apply_dual_clip, clamped_log_ratio, masked_by
 
 # Finiteness guards of the paper variant: e^50 * 1e4 stays far below the float32 maximum (~3.4e38),
 # and sigma <= e^60 keeps (rho - 1) / sigma finite. Neither binds for realistic inputs.
@@ -115,7 +115,7 @@ def maspo_token_loss(
         dual_would_clip = (r > PPO_DIAGNOSTIC_DUAL_CLIP) & a_neg
 
     def vjp(up: torch.Tensor) -> torch.Tensor:  # autograd's order: mul by -A, by w, exp's r, clamp's mask
-        return torch.where(passes, up * neg_adv * w * r, 0.0)
+        return masked_by(up * neg_adv * w * r, passes)
 
     loss, grad, w, hit, vjp = apply_dual_clip(loss, advantages, grad, w, config.dual_clip, vjp)
     return TokenLoss(loss=loss, grad_logp=grad, gate=w, ratio=r, clipped=ppo_would_clip,

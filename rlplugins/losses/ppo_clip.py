@@ -13,7 +13,7 @@ import torch
 
 from .config import ClipHigherConfig, DualClipConfig, PpoClipConfig
 from .registry import register_policy_loss
-from .token_loss import TokenLoss, apply_dual_clip, clamped_log_ratio
+from .token_loss import TokenLoss, apply_dual_clip, clamped_log_ratio, masked_by
 
 _FORMULA = "max(-A r, -A clip(r, 1-eps_low, 1+eps_high)); A<0: min(., -c A) with dual_clip c"
 
@@ -39,7 +39,7 @@ def _ppo_clip(log_prob, old_log_prob, advantages, config: PpoClipConfig, **_: ob
     def vjp(up: torch.Tensor) -> torch.Tensor:
         # where()'s backward sends up to the unclipped term (-A r: mul by -A, exp's r, clamp's mask); the clipped
         # term is selected only outside [1 - eps_low, 1 + eps_high], where clamp's backward gives 0.
-        return torch.where(through, up * neg_adv * r, 0.0)
+        return masked_by(up * neg_adv * r, through)
 
     loss, grad, gate, hit, vjp = apply_dual_clip(loss, advantages, grad, gate, config.dual_clip, vjp)
     return TokenLoss(loss=loss, grad_logp=grad, gate=gate, ratio=r, clipped=clipped, clipped_lower=hit, vjp=vjp)

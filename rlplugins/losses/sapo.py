@@ -10,7 +10,7 @@ import torch
 
 from .config import SapoConfig
 from .registry import register_policy_loss
-from .token_loss import TokenLoss, clamped_log_ratio
+from .token_loss import TokenLoss, clamped_log_ratio, masked_by
 
 
 @register_policy_loss(
@@ -38,6 +38,6 @@ def sapo_token_loss(log_prob, old_log_prob, advantages, config: SapoConfig, **_:
 
     def vjp(up: torch.Tensor) -> torch.Tensor:
         # autograd's order: mul by A, neg, mul by 4/tau, sigmoid's (1 - s) s, mul by tau, exp's r, clamp's mask
-        return torch.where(passes, (-(up * advantages)) * scale * (1.0 - sd) * sd * tau * r, 0.0)
+        return masked_by((-(up * advantages)) * scale * (1.0 - sd) * sd * tau * r, passes)
 
     return TokenLoss(loss=loss, grad_logp=grad, gate=gate, ratio=r, vjp=vjp)

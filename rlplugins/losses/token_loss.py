@@ -56,9 +56,11 @@ def clamped_log_ratio(
     return clamped, passes
 
 
-def clamp_passes(raw: torch.Tensor, bound: float = LOG_RATIO_CLAMP) -> torch.Tensor:
-    """Where ``torch.clamp(raw, -bound, bound)`` passes the gradient (inclusive bounds, as its backward)."""
-    return raw.abs() <= bound
+def masked_by(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``torch.where(keep, x, 0)`` for a finite ``x`` (what every ``vjp`` multiplies: finite inputs, clamped
+    ratios), as a product with the 0./1. mask: the same values (``x * 0`` may be -0.0, which equals 0), and several
+    times cheaper than where() on CPU."""
+    return x * keep.to(x.dtype)
 
 
 def apply_dual_clip(

@@ -10,7 +10,7 @@ import torch
 
 from .config import UnclippedConfig
 from .registry import register_policy_loss
-from .token_loss import TokenLoss, clamped_log_ratio
+from .token_loss import TokenLoss, clamped_log_ratio, masked_by
 
 
 @register_policy_loss(
@@ -28,4 +28,4 @@ def unclipped_token_loss(log_prob, old_log_prob, advantages, config: UnclippedCo
         r = ratio.detach()
         grad = torch.where(passes, neg_adv * r, 0.0)
     return TokenLoss(loss=loss, grad_logp=grad, gate=torch.ones_like(r), ratio=r,
-                     vjp=lambda up: torch.where(passes, up * neg_adv * r, 0.0))
+                     vjp=lambda up: masked_by(up * neg_adv * r, passes))
