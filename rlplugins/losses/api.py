@@ -1,9 +1,14 @@
 """``compute_policy_loss``: the one entry point adapters, kernels and users call.
 
-It validates the inputs, evaluates the registered per-token loss on float32 (float64 stays float64) copies
-in which masked positions are replaced by zeros (so garbage there cannot reach the loss or the gradient),
+It validates the inputs, evaluates the registered per-token loss in float32 (float64 stays float64),
 multiplies by the optional rollout importance weights, aggregates with veRL's semantics and reports
-plain-float metrics with stable names (see ``METRIC_KEYS``).
+plain-float metrics with stable names (see ``METRIC_KEYS``). Masked positions never reach the loss or the
+gradient: with every input finite (one reduction checks) they are masked by products, else by where() on copies
+in which they are zeros (see ``_fast_policy_loss``).
+
+CPU cost (docs/kernels.md): the built-ins (``analytic_grad``) are evaluated without an autograd graph, and their
+backward is one node that runs autograd's own operations in autograd's order (``TokenLoss.vjp``,
+``agg_grad_scale``), so the gradient has the same bits; the metrics come from one fused pass and one host sync.
 """
 
 from __future__ import annotations
@@ -461,11 +466,12 @@ def _metric_vector(tok: TokenLoss, log_ratio: torch.Tensor, adv: torch.Tensor, v
     if masked:
         ratio, gate, grad = (torch.where(valid, t, fill) for t, fill in ((ratio, 1.0), (gate, 1.0), (grad, 0.0)))
     zero = torch.zeros((), dtype=dtype, device=device)
+    # Flags zero at masked positions already: the valid mask, and the quadrants when built here from adv (0 there).
     quadrants = tok.quadrants if tok.quadrants is not None else ((adv > 0) & (ratio > 1), (adv < 0) & (ratio < 1))
-    flags = [valid, gate < 0.5, *quadrants]
-    flags += [c for c in (tok.clipped, tok.clipped_lower) if c is not None]
+    flags = [valid, (gate < 0.5) & valid, *(q if tok.quadrants is None else q & valid for q in quadrants)]
+    flags += [c & valid for c in (tok.clipped, tok.clipped_lower) if c is not None]
     # One count_nonzero per flag: count_nonzero(dim=...) over a stack takes a slow strided path on CPU.
-    counts = torch.stack([torch.count_nonzero(f & valid) for f in flags])
+    counts = torch.stack([torch.count_nonzero(f) for f in flags])
     if tok.clipped is None or tok.clipped_lower is None:
         missing = counts.new_zeros(2 - (tok.clipped is not None) - (tok.clipped_lower is not None))
         if tok.clipped is None and tok.clipped_lower is not None:
