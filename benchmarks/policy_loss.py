@@ -1,30 +1,36 @@
-"""CPU cost of the policy losses on [batch, resp_len] log-probs, side by side with veRL's built-ins.
+"""CPU cost of the policy losses on [batch, resp_len] log-probs, side by side with the frameworks' built-ins.
 
-    .venv-verl/bin/python benchmarks/policy_loss.py                # veRL installed: its built-ins as reference
-    .venv/bin/python benchmarks/policy_loss.py                     # no veRL: rlplugins rows only
-    .venv-verl/bin/python benchmarks/policy_loss.py --shapes 64x4096 --rounds 31
+    nice .venv-verl/bin/python benchmarks/policy_loss.py             # veRL's built-ins, our veRL entry points, core
+    nice .venv-openrlhf/bin/python benchmarks/policy_loss.py         # OpenRLHF's PolicyLoss, CorePolicyLoss, core
+    .venv/bin/python benchmarks/policy_loss.py --plot-only benchmarks/results/policy_loss.json   # the PNG
 
 What is timed: forward + backward (``loss.backward()`` down to ``log_prob``) including the metrics each provider
-returns (veRL's built-ins return Python floats: their ``.item()`` calls are part of their cost, as our metrics'
-one host sync is part of ours), token-mean aggregation, random response lengths (about 3/4 of the positions valid).
+returns as Python floats (veRL's built-ins call ``.item()`` on theirs, the core does one host sync for all of its
+documented metrics), token-mean aggregation, random response lengths (about 3/4 of the positions valid).
 
-Providers:
+Providers (those the running environment has):
 
-    verl:<name>        veRL 0.9.1's registered policy loss ``<name>`` (vanilla, sapo, cispo, gspo) through
-                       ``get_policy_loss_fn``, with an FSDPActorConfig (veRL's defaults)
-    verl:maspo ...     our losses through veRL's registry (the adapter ``rlplugins.integrations.verl``)
-    core:<name>        ``rlplugins.losses.compute_policy_loss(<name>, ...)``, every documented metric
-    token:<name>       ``token_policy_loss`` + ``agg_loss`` only (the bare math: no validation, no metrics)
+    verl:<name>          veRL 0.9.1's registered policy loss ``<name>`` through ``get_policy_loss_fn`` with an
+                         FSDPActorConfig (veRL's defaults): built-ins vanilla, sapo, cispo, gspo, and our entry
+                         points registered by ``rlplugins.integrations.verl`` (maspo, rlp_ppo_clip, rlp_sapo, ...)
+    openrlhf:ppo         OpenRLHF 0.11.2's own ``PolicyLoss`` (PPO clip), the reference in an OpenRLHF environment
+    openrlhf:<name>      ``CorePolicyLoss(<name>)``, our OpenRLHF entry point (metrics in ``last_metrics``)
+    core:<name>          ``rlplugins.losses.compute_policy_loss(<name>, ...)`` for every registered built-in
+    token:<name>         ``token_policy_loss`` + ``agg_loss`` only (the bare math with autograd: no validation, no
+                         metrics)
 
 Timing: ``--rounds`` interleaved rounds; in each round every provider runs ``--inner`` times back to back in a
 shuffled order and its mean is recorded. Reported: the median over rounds, and the median over rounds of the ratio
-to ``verl:vanilla`` measured in the same round (robust to a shared machine's load drifting between rounds).
-Writes ``benchmarks/results/policy_loss.json`` and ``.png``.
+to the reference (``verl:vanilla``, else ``openrlhf:ppo``) measured in the same round, and for an entry point the
+ratio to ``core:<its loss>`` (robust to a shared machine's load drifting between rounds). Writes
+``benchmarks/results/<out-name>.json`` and ``.md`` (and ``.png`` where matplotlib is installed).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -36,9 +42,7 @@ from typing import Any, Callable
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CORE_LOSSES = ("maspo", "ppo_clip", "sapo", "cispo", "gspo")
 VERL_BUILTINS = ("vanilla", "sapo", "cispo", "gspo")
-VERL_OURS = ("maspo", "rlp_ppo_clip", "rlp_sapo")
 
 
 def make_inputs(batch: int, length: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -51,21 +55,53 @@ def make_inputs(batch: int, length: int, seed: int = 0) -> dict[str, torch.Tenso
     return {"old_log_prob": old, "log_prob": log_prob, "advantages": adv, "response_mask": mask}
 
 
-def providers(have_verl: bool) -> dict[str, Callable[[dict], tuple[torch.Tensor, dict]]]:
-    from rlplugins.losses import agg_loss, compute_policy_loss, token_policy_loss
+def providers(have_verl: bool, have_openrlhf: bool) -> tuple[dict[str, Callable], dict[str, str]]:
+    """``{key: fn(inputs) -> (loss, metrics)}`` and ``{entry-point key: the core key of its loss}``."""
+    from rlplugins.losses import agg_loss, compute_policy_loss, list_policy_losses, token_policy_loss
+    from rlplugins.losses.registry import get_policy_loss
 
+    builtins = [n for n in list_policy_losses() if get_policy_loss(n).analytic_grad]
     out: dict[str, Callable] = {}
+    core_of: dict[str, str] = {}
     if have_verl:
         import rlplugins.integrations.verl  # noqa: F401  (registers our losses in veRL's registry)
+        from rlplugins.integrations.verl.losses import VERL_POLICY_LOSSES
         from verl.trainer.ppo.core_algos import get_policy_loss_fn
         from verl.workers.config import FSDPActorConfig
 
         config = FSDPActorConfig(strategy="fsdp2", rollout_n=1, ppo_micro_batch_size_per_gpu=2)
-        for name in VERL_BUILTINS + VERL_OURS:
+        for name in VERL_BUILTINS + tuple(VERL_POLICY_LOSSES):
             fn = get_policy_loss_fn(name)
             out[f"verl:{name}"] = (lambda fn: lambda x: fn(loss_agg_mode="token-mean", config=config,
                                                            rollout_is_weights=None, **x))(fn)
-    for name in CORE_LOSSES:
+            if name in VERL_POLICY_LOSSES:
+                core_of[f"verl:{name}"] = f"core:{VERL_POLICY_LOSSES[name][1]}"
+    if have_openrlhf:
+        import sys
+
+        # OpenRLHF's package imports flash_attn (CUDA only); the tests' stub module (imports nothing else) stands in.
+        sys.path.insert(0, os.path.join(HERE, os.pardir, "tests", "openrlhf", "support"))
+        import rlp_openrlhf_stubs
+
+        rlp_openrlhf_stubs.install()
+        from openrlhf.models.loss import PolicyLoss
+        from rlplugins.integrations.openrlhf.policy_loss import CorePolicyLoss
+
+        def openrlhf_call(module):
+            def call(x):
+                loss, clip_ratio, ppo_kl, _, _ = module(x["log_prob"], x["old_log_prob"], x["advantages"],
+                                                        action_mask=x["response_mask"])
+                # OpenRLHF's trainer logs these two with .item(); CorePolicyLoss's metrics are floats already.
+                metrics = {"clip_ratio": clip_ratio.item(), "ppo_kl": ppo_kl.item()}
+                metrics.update(getattr(module, "last_metrics", {}))
+                return loss, metrics
+            return call
+
+        out["openrlhf:ppo"] = openrlhf_call(PolicyLoss(policy_loss_type="ppo"))
+        for name in builtins:
+            out[f"openrlhf:{name}"] = openrlhf_call(CorePolicyLoss(name))
+            core_of[f"openrlhf:{name}"] = f"core:{name}"
+    for name in builtins:
         out[f"core:{name}"] = (lambda name: lambda x: compute_policy_loss(name, loss_agg_mode="token-mean", **x))(name)
     for name in ("maspo", "ppo_clip"):
         def bare(x, name=name):
@@ -73,17 +109,20 @@ def providers(have_verl: bool) -> dict[str, Callable[[dict], tuple[torch.Tensor,
                                     advantages=x["advantages"], response_mask=x["response_mask"])
             return agg_loss(tok.loss, x["response_mask"], "token-mean"), {}
         out[f"token:{name}"] = bare
-    return out
+    return out, core_of
 
 
 def run_once(fn: Callable, inputs: dict) -> None:
     x = dict(inputs, log_prob=inputs["log_prob"].detach().requires_grad_(True))
     loss, metrics = fn(x)
     loss.backward()
-    assert x["log_prob"].grad is not None and metrics is not None
+    assert x["log_prob"].grad is not None
+    for value in metrics.values():  # every metric as a Python float, as a trainer logs it (a no-op for floats)
+        float(value)
 
 
-def bench(shape: tuple[int, int], rounds: int, inner: int, names: dict[str, Callable], seed: int) -> dict[str, Any]:
+def bench(shape: tuple[int, int], rounds: int, inner: int, names: dict[str, Callable], core_of: dict[str, str],
+          seed: int) -> dict[str, Any]:
     inputs = make_inputs(*shape)
     for fn in names.values():  # warm-up (first-call costs: dispatch caches, lazy imports)
         for _ in range(2):
@@ -98,14 +137,20 @@ def bench(shape: tuple[int, int], rounds: int, inner: int, names: dict[str, Call
             for _ in range(inner):
                 run_once(names[key], inputs)
             times[key].append((time.perf_counter() - t0) / inner * 1e3)
-    ref = "verl:vanilla" if "verl:vanilla" in times else None
+    ref = reference(times)
     rows = {}
     for key, ts in times.items():
         row = {"median_ms": statistics.median(ts), "p20_ms": _q(ts, 0.2), "p80_ms": _q(ts, 0.8), "rounds_ms": ts}
         if ref:
-            row["ratio_vs_verl_vanilla"] = statistics.median(t / r for t, r in zip(ts, times[ref]))
+            row["ratio_vs_ref"] = statistics.median(t / r for t, r in zip(ts, times[ref]))
+        if key in core_of:
+            row["ratio_vs_core"] = statistics.median(t / r for t, r in zip(ts, times[core_of[key]]))
         rows[key] = row
     return rows
+
+
+def reference(rows: dict) -> str | None:
+    return next((k for k in ("verl:vanilla", "openrlhf:ppo") if k in rows), None)
 
 
 def _q(xs: list[float], q: float) -> float:
@@ -129,12 +174,14 @@ def plot(results: dict, path: str) -> None:
         rows = results[shape]
         keys = list(rows)
         vals = [rows[k]["median_ms"] for k in keys]
-        colors = ["#999999" if k.startswith("verl:") and k.split(":")[1] in VERL_BUILTINS else
-                  "#1f77b4" if k.startswith("core:") else "#2ca02c" if k.startswith("verl:") else "#ff7f0e" for k in keys]
+        colors = ["#999999" if k in ("openrlhf:ppo",) or (k.startswith("verl:") and k[5:] in VERL_BUILTINS) else
+                  "#1f77b4" if k.startswith("core:") else "#2ca02c" if k.startswith(("verl:", "openrlhf:")) else
+                  "#ff7f0e" for k in keys]
         ax.barh(keys, vals, color=colors)
-        if "verl:vanilla" in rows:
-            ax.axvline(rows["verl:vanilla"]["median_ms"], color="k", ls="--", lw=1, label="veRL vanilla")
-            ax.axvline(0.9 * rows["verl:vanilla"]["median_ms"], color="r", ls=":", lw=1, label="0.9 x vanilla")
+        ref = reference(rows)
+        if ref:
+            ax.axvline(rows[ref]["median_ms"], color="k", ls="--", lw=1, label=ref)
+            ax.axvline(0.9 * rows[ref]["median_ms"], color="r", ls=":", lw=1, label=f"0.9 x {ref}")
             ax.legend(loc="lower right")
         ax.invert_yaxis()
         ax.set_xlabel("fwd + bwd, ms (median over interleaved rounds)")
@@ -150,6 +197,7 @@ def main() -> int:
     parser.add_argument("--inner", type=int, default=0, help="calls per provider per round (0: by shape)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--out-name", default="", help="file name stem (default: by the environment)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot-only", metavar="JSON", help="only draw the PNG of an earlier run's JSON")
     args = parser.parse_args()
@@ -159,38 +207,45 @@ def main() -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    import importlib.util
-
     have_verl = importlib.util.find_spec("verl") is not None
-    names = providers(have_verl)
+    have_openrlhf = importlib.util.find_spec("openrlhf") is not None
+    names, core_of = providers(have_verl, have_openrlhf)
     results: dict[str, dict] = {}
     for spec in args.shapes.split(","):
         b, t = map(int, spec.lower().split("x"))
         inner = args.inner or (3 if b * t >= 100_000 else 20)
-        results[spec] = bench((b, t), args.rounds, inner, names, args.seed)
+        results[spec] = bench((b, t), args.rounds, inner, names, core_of, args.seed)
     load = os.getloadavg()
-    print(f"\nCPU, torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load[0]:.1f} "
-          f"(shared machine), {args.rounds} interleaved rounds")
-    header = "| provider | " + " | ".join(f"{s} ms | x vanilla" for s in results) + " |"
-    print(header)
-    print("|---|" + "---|---|" * len(results))
+    ref = reference(next(iter(results.values())))
+    title = (f"CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, run with nice on a shared machine "
+             f"(load average {load[0]:.1f} at the end), {args.rounds} interleaved rounds, median over rounds; "
+             f"fwd+bwd of token-mean losses with every metric as a float")
+    lines = [title, "", "| provider | " + " | ".join(f"{s} ms | x {ref} | x core" for s in results) + " |",
+             "|---|" + "---:|---:|---:|" * len(results)]
     for key in names:
         cells = []
         for spec in results:
             r = results[spec][key]
-            ratio = r.get("ratio_vs_verl_vanilla")
-            cells.append(f"{r['median_ms']:.2f} | {'-' if ratio is None else f'{ratio:.2f}'}")
-        print(f"| {key} | " + " | ".join(cells) + " |")
+            ratio, vs_core = r.get("ratio_vs_ref"), r.get("ratio_vs_core")
+            cells.append(f"{r['median_ms']:.2f} | {'-' if ratio is None else f'{ratio:.2f}'} | "
+                         f"{'-' if vs_core is None else f'{vs_core:.2f}'}")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    print("\n" + "\n".join(lines))
     os.makedirs(args.out, exist_ok=True)
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "loadavg": load, "host": platform.node(),
-            "rounds": args.rounds, "have_verl": have_verl}
-    if have_verl:
-        import verl
-
-        meta["verl"] = verl.__version__
-    with open(os.path.join(args.out, "policy_loss.json"), "w") as f:
+            "rounds": args.rounds, "reference": ref, "have_verl": have_verl, "have_openrlhf": have_openrlhf,
+            "niceness": os.nice(0)}
+    for module in ("verl", "openrlhf"):
+        if meta[f"have_{module}"]:
+            meta[module] = importlib.metadata.version(module)
+    name = args.out_name or ("policy_loss" if have_verl else "policy_loss_openrlhf" if have_openrlhf else
+                             "policy_loss_core")
+    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
-    plot(results, os.path.join(args.out, "policy_loss.png"))
+    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
+        f.write(f"# {name}\n\nWritten by `benchmarks/policy_loss.py` ({__doc__.splitlines()[0]})\n\n"
+                + "\n".join(lines) + "\n")
+    plot(results, os.path.join(args.out, f"{name}.png"))
     return 0
 
 

@@ -170,8 +170,9 @@ def _openrlhf_ppo_kl(log_probs: torch.Tensor, old_log_probs: torch.Tensor, actio
     with torch.no_grad():
         raw = old_log_probs.detach().to(dtype) - log_probs.detach().to(dtype)
         used = action_mask.bool() & torch.isfinite(raw)
-        total = torch.where(used, raw, torch.zeros_like(raw)).sum()
-        return total / used.sum().clamp(min=1).to(dtype)
+        # A product with the mask of a finite copy: where()'s values, several times cheaper on CPU.
+        total = (torch.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0) * used).sum()
+        return total / torch.count_nonzero(used).clamp(min=1).to(dtype)
 
 
 def _openrlhf_is_weights(

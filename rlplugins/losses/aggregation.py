@@ -27,6 +27,13 @@ AGG_MODES = (
 
 
 def _safe_div(num: torch.Tensor, den: torch.Tensor | float | int) -> torch.Tensor:
+    """``num / den``, or 0 where ``den <= 0`` (never 0/0). The same division either way; without a graph to
+    protect (no NaN may reach a backward through the unselected branch) it takes fewer operations."""
+    if not (num.requires_grad and torch.is_grad_enabled()):
+        if not isinstance(den, torch.Tensor):
+            return num / den if den > 0 else torch.zeros_like(num)
+        den_t = den.to(num.dtype)
+        return torch.where(den_t > 0, num / den_t, 0.0)
     den_t = torch.as_tensor(den, dtype=num.dtype, device=num.device)
     return torch.where(den_t > 0, num / torch.where(den_t > 0, den_t, torch.ones_like(den_t)), torch.zeros_like(num))
 
@@ -40,8 +47,12 @@ def agg_loss(
     batch_num_tokens: int | float | torch.Tensor | None = None,
     global_batch_size: int | float | torch.Tensor | None = None,
     loss_scale_factor: int | float | None = None,
+    float_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Aggregate a ``[batch, resp_len]`` loss matrix to a scalar (see the module docstring)."""
+    """Aggregate a ``[batch, resp_len]`` loss matrix to a scalar (see the module docstring).
+
+    ``float_mask``: ``loss_mask`` as 0./1. in ``loss_mat``'s dtype, for a ``loss_mat`` known to be finite everywhere
+    (then ``loss_mat * float_mask`` equals the where() below value for value, and costs less)."""
     if loss_agg_mode not in AGG_MODES:
         raise ValueError(f"loss_agg_mode must be one of {', '.join(AGG_MODES)}; got {loss_agg_mode!r}")
     if loss_mat.shape != loss_mask.shape:
@@ -52,13 +63,13 @@ def agg_loss(
         raise ValueError(f"dp_size must be an int >= 1, got {dp_size!r}")
     mask = loss_mask.bool()
     # where(), not multiplication: a NaN/inf at a masked position must not leak into the sum or the gradient.
-    masked = torch.where(mask, loss_mat, torch.zeros_like(loss_mat))
+    masked = torch.where(mask, loss_mat, 0.0) if float_mask is None else loss_mat * float_mask
 
     if loss_agg_mode == "token-mean":
         if batch_num_tokens is None:
             if dp_size > 1:
                 raise ValueError("batch_num_tokens (global) is required when dp_size > 1")
-            batch_num_tokens = mask.sum()
+            batch_num_tokens = torch.count_nonzero(mask)
         return _safe_div(masked.sum(), batch_num_tokens) * dp_size
     if loss_agg_mode == "token-sum":
         return masked.sum() * dp_size
@@ -81,3 +92,34 @@ def agg_loss(
             raise ValueError(f"loss_scale_factor must be > 0, got {scale!r}")
         loss = loss / scale
     return loss
+
+
+def agg_grad_scale(
+    loss_mask: torch.Tensor,
+    loss_agg_mode: str = "token-mean",
+    *,
+    upstream: torch.Tensor,
+    dp_size: int = 1,
+    batch_num_tokens: int | float | torch.Tensor | None = None,
+    global_batch_size: int | float | torch.Tensor | None = None,
+    loss_scale_factor: int | float | None = None,
+) -> torch.Tensor:
+    """``upstream * d agg_loss / d loss_mat`` at the valid positions (the gradient is 0 at masked ones): a 0-d
+    tensor for the token modes, ``[batch, 1]`` (one value per sequence) for the seq modes. ``agg_loss`` is linear in
+    ``loss_mat``; this runs the operations of its backward in their order (``loss_scale_factor``, ``dp_size``, the
+    global count, the per-sequence count), so the bits equal autograd's. Arguments as ``agg_loss`` (call it first:
+    it validates them)."""
+    mask = loss_mask.bool()
+    if loss_agg_mode == "token-sum":
+        return upstream * dp_size
+    if loss_agg_mode == "token-mean":
+        return _safe_div(upstream * dp_size, mask.sum() if batch_num_tokens is None else batch_num_tokens)
+    tokens_per_seq = mask.sum(-1, keepdim=True)
+    if global_batch_size is None:
+        global_batch_size = (tokens_per_seq > 0).sum()
+    if loss_agg_mode == "seq-mean-token-sum-norm" and not (loss_scale_factor is None and loss_mask.shape[-1] == 0):
+        upstream = upstream / (loss_scale_factor if loss_scale_factor is not None else loss_mask.shape[-1])
+    scale = _safe_div(upstream * dp_size, global_batch_size)
+    if loss_agg_mode == "seq-mean-token-mean":
+        return scale / tokens_per_seq.clamp(min=1).to(scale.dtype)
+    return scale

@@ -1,9 +1,14 @@
 """``compute_policy_loss``: the one entry point adapters, kernels and users call.
 
-It validates the inputs, evaluates the registered per-token loss on float32 (float64 stays float64) copies
-in which masked positions are replaced by zeros (so garbage there cannot reach the loss or the gradient),
+It validates the inputs, evaluates the registered per-token loss in float32 (float64 stays float64),
 multiplies by the optional rollout importance weights, aggregates with veRL's semantics and reports
-plain-float metrics with stable names (see ``METRIC_KEYS``).
+plain-float metrics with stable names (see ``METRIC_KEYS``). Masked positions never reach the loss or the
+gradient: with every input finite (one reduction checks) they are masked by products, else by where() on copies
+in which they are zeros (see ``_fast_policy_loss``).
+
+CPU cost (docs/kernels.md): the built-ins (``analytic_grad``) are evaluated without an autograd graph, and their
+backward is one node that runs autograd's own operations in autograd's order (``TokenLoss.vjp``,
+``agg_grad_scale``), so the gradient has the same bits; the metrics come from one fused pass and one host sync.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .aggregation import agg_loss
+from .aggregation import agg_grad_scale, agg_loss
 from .checks import check_policy_inputs, first_index
 from ..tensor_checks import assert_none, compiling
 from .config import PolicyLossConfig
@@ -42,6 +47,13 @@ METRIC_KEYS = {
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _detached(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.detach().to(dtype)`` without the dispatcher round trips when they would return ``t`` itself."""
+    if t.requires_grad:
+        t = t.detach()
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def token_policy_loss(
@@ -94,8 +106,8 @@ def compute_policy_loss(
     gbi = normalize_global_batch_info(global_batch_info, owner=owner)
 
     dtype = _compute_dtype(log_prob)
-    old, adv = old_log_prob.detach().to(dtype), advantages.detach().to(dtype)
-    weights = rollout_is_weights.detach().to(dtype) if rollout_is_weights is not None else None
+    old, adv = _detached(old_log_prob, dtype), _detached(advantages, dtype)
+    weights = _detached(rollout_is_weights, dtype) if rollout_is_weights is not None else None
     if compiling():
         return _traced_policy_loss(spec, cfg, log_prob, old, adv, weights, valid, loss_agg_mode, gbi, on_nonfinite,
                                    names, owner, count_floor)
@@ -107,10 +119,9 @@ def compute_policy_loss(
                 _raise_if_global_count_too_small(gbi, count, owner, count_floor)
             return loss, metrics
     check_global_counts(gbi, valid, loss_agg_mode, owner=owner, count_floor=count_floor)
-    lp = log_prob.to(dtype)
 
     with torch.no_grad():
-        finite = torch.isfinite(lp) & torch.isfinite(old) & torch.isfinite(adv)
+        finite = torch.isfinite(log_prob) & torch.isfinite(old) & torch.isfinite(adv)
         if weights is not None:
             finite &= torch.isfinite(weights)
         bad = valid & ~finite
@@ -126,25 +137,83 @@ def compute_policy_loss(
             )
         valid = valid & finite
 
-    loss, tok, lp, old, adv = _masked_policy_loss(spec, cfg, lp, old, adv, weights, valid, loss_agg_mode, gbi)
-    metrics = _metrics(tok, lp.detach(), old, adv, valid, n_bad)
-    return loss, metrics
+    loss, tok, lp, old, adv = _masked_policy_loss(spec, cfg, log_prob, old, adv, weights, valid, loss_agg_mode, gbi,
+                                                  spec.analytic_grad)
+    with torch.no_grad():
+        floats = _metric_vector(tok, lp - old, adv, valid, masked=True).tolist()  # one host sync
+    return loss, _finish_metrics(floats, n_bad)
 
 
-def _masked_policy_loss(spec, cfg, lp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor,
-                        weights: torch.Tensor | None, valid: torch.Tensor, loss_agg_mode: str, gbi: Mapping[str, Any]):
+class _AnalyticPolicyLoss(torch.autograd.Function):
+    """The aggregated loss ``value``, computed without an autograd graph, with ``backward_fn`` as its backward: one
+    node instead of one per operation of the loss, the aggregation and the masking.
+
+    ``backward_fn`` runs the operations autograd would run through ``agg_loss``, the rollout weights and the loss
+    formula (``TokenLoss.vjp``), in autograd's order, so the gradient has the same bits as autograd's (tests compare
+    the two bit for bit for every built-in loss and mode, and ``gradcheck`` in float64). Eager only: a traced call
+    differentiates the formula (see ``_traced_policy_loss``). Second derivatives raise (``once_differentiable``)."""
+
+    @staticmethod
+    def forward(ctx, log_prob: torch.Tensor, value: torch.Tensor, backward_fn) -> torch.Tensor:
+        ctx.backward_fn = backward_fn
+        ctx.grad_dtype = log_prob.dtype
+        return value.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        return ctx.backward_fn(grad_out).to(ctx.grad_dtype), None, None
+
+
+def _policy_loss(spec, cfg, log_prob: torch.Tensor, lp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor,
+                 weights: torch.Tensor | None, valid: torch.Tensor, loss_agg_mode: str, gbi: Mapping[str, Any],
+                 analytic: bool, vf: torch.Tensor | None = None) -> tuple[torch.Tensor, TokenLoss]:
+    """The aggregated loss and the per-token terms. ``lp``: ``log_prob`` in the compute dtype, possibly masked.
+    ``analytic`` (a loss with ``analytic_grad``, eager): evaluated on ``lp`` without a graph, with one backward node
+    (``_AnalyticPolicyLoss``); otherwise through autograd (``lp`` must then be differentiable). ``vf``: ``valid`` as
+    0./1., when every input is finite (the per-token terms then are too: masking by products instead of where())."""
+    if not analytic:
+        tok = spec.fn(lp, old, adv, cfg, response_mask=valid)
+        loss_mat = tok.loss if weights is None else tok.loss * weights
+        return agg_loss(loss_mat, valid, loss_agg_mode, **gbi), tok
+    needs_grad = log_prob.requires_grad and torch.is_grad_enabled()
+    with torch.no_grad():
+        tok = spec.fn(lp.detach(), old, adv, cfg, response_mask=valid)
+        loss_mat = tok.loss if weights is None else tok.loss * weights
+        loss = agg_loss(loss_mat, valid, loss_agg_mode, float_mask=vf, **gbi)
+    if not needs_grad:
+        return loss, tok
+    if tok.vjp is None:
+        raise RuntimeError(f"policy loss {spec.name!r} is registered with analytic_grad=True but its TokenLoss has no "
+                           f"vjp")
+    vjp = tok.vjp
+
+    def backward_fn(up: torch.Tensor) -> torch.Tensor:
+        # agg_loss's backward (dp_size, the count, per-sequence count; where() to the valid tokens), the weights', the
+        # loss formula's.
+        scale = agg_grad_scale(valid, loss_agg_mode, upstream=up, **gbi)
+        g = torch.where(valid, scale, 0.0) if vf is None else vf * scale
+        return vjp(g if weights is None else g * weights)
+
+    return _AnalyticPolicyLoss.apply(log_prob, loss, backward_fn), tok
+
+
+def _masked_policy_loss(spec, cfg, log_prob: torch.Tensor, old: torch.Tensor, adv: torch.Tensor,
+                        weights: torch.Tensor | None, valid: torch.Tensor, loss_agg_mode: str, gbi: Mapping[str, Any],
+                        analytic: bool):
     """The exact path: inputs zeroed at masked positions, per-token terms, weights, aggregation.
-    Returns (loss, token terms, and the masked log_prob, old_log_prob, advantages)."""
-    zero = torch.zeros((), dtype=lp.dtype, device=lp.device)
+    Returns (loss, token terms, and the masked log_prob (detached), old_log_prob, advantages)."""
+    lp = log_prob.to(old.dtype)
+    if analytic:
+        lp = lp.detach()
     # where(): gradient exactly zero at masked positions, whatever they held.
-    lp = torch.where(valid, lp, zero)
-    old = torch.where(valid, old, zero)
-    adv = torch.where(valid, adv, zero)
-    tok = spec.fn(lp, old, adv, cfg, response_mask=valid)
-    loss_mat = tok.loss
+    lp = torch.where(valid, lp, 0.0)
+    old = torch.where(valid, old, 0.0)
+    adv = torch.where(valid, adv, 0.0)
     if weights is not None:
-        loss_mat = loss_mat * torch.where(valid, weights, zero)
-    return agg_loss(loss_mat, valid, loss_agg_mode, **gbi), tok, lp, old, adv
+        weights = torch.where(valid, weights, 0.0)
+    loss, tok = _policy_loss(spec, cfg, log_prob, lp, old, adv, weights, valid, loss_agg_mode, gbi, analytic)
+    return loss, tok, lp.detach(), old, adv
 
 
 def _traced_policy_loss(spec, cfg, log_prob: torch.Tensor, old: torch.Tensor, adv: torch.Tensor,
@@ -153,10 +222,10 @@ def _traced_policy_loss(spec, cfg, log_prob: torch.Tensor, old: torch.Tensor, ad
                         count_floor: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``compute_policy_loss`` while torch.compile traces it: the exact masking path without a host sync or a
     data-dependent branch. The checks become ``torch._assert_async`` (RuntimeError when the compiled code runs);
-    the metrics are 0-d tensors (``metrics_to_floats`` converts them with one sync, outside the compiled region)."""
-    lp = log_prob.to(old.dtype)
+    the metrics are 0-d tensors (``metrics_to_floats`` converts them with one sync, outside the compiled region).
+    With every input finite, the same values bit for bit as an eager call."""
     with torch.no_grad():
-        finite = torch.isfinite(lp) & torch.isfinite(old) & torch.isfinite(adv)
+        finite = torch.isfinite(log_prob) & torch.isfinite(old) & torch.isfinite(adv)
         if weights is not None:
             finite &= torch.isfinite(weights)
         bad = valid & ~finite
@@ -177,20 +246,13 @@ def _traced_policy_loss(spec, cfg, log_prob: torch.Tensor, old: torch.Tensor, ad
             assert_none(count < n_local, f"{_where(owner, key)} is smaller than the {what} of this call; it must "
                                          f"count the whole global batch")
     valid = valid & finite
-    loss, tok, lp, old, adv = _masked_policy_loss(spec, cfg, lp, old, adv, weights, valid, loss_agg_mode, gbi)
-    n_bad = bad.sum()
-    if not spec.finite_safe:
-        return loss, _metrics(tok, lp.detach(), old, adv, valid, n_bad, as_tensors=True)
-    # The eager fast path's metric pass (inputs are finite and zero at masked positions here): with every input
-    # finite, the same values bit for bit as an eager call.
+    # Autograd through the formula (no Python backward in a compiled graph): the same bits as the eager
+    # _AnalyticPolicyLoss, whose backward runs autograd's operations in autograd's order.
+    loss, tok, lp, old, adv = _masked_policy_loss(spec, cfg, log_prob, old, adv, weights, valid, loss_agg_mode, gbi,
+                                                  analytic=False)
     with torch.no_grad():
-        values = _metric_tensors(tok, lp.detach() - old, adv, valid)
-    metrics = dict(zip(_FAST_METRICS, values.unbind()))
-    empty = metrics["valid_tokens"] == 0
-    metrics["ratio_max"] = torch.where(empty, torch.zeros_like(values[0]), metrics["ratio_max"])
-    metrics["gate_min"] = torch.where(empty, torch.ones_like(values[0]), metrics["gate_min"])
-    metrics["nonfinite_tokens"] = n_bad.to(values.dtype)
-    return loss, metrics
+        values = _metric_vector(tok, lp - old, adv, valid, masked=not spec.finite_safe)
+        return loss, _finish_metrics(list(values.unbind()), bad.sum())
 
 
 def metrics_to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -211,11 +273,11 @@ def policy_metrics(name: str, config: PolicyLossConfig | Mapping[str, Any] | Non
     spec = get_policy_loss(name)
     cfg = spec.make_config(config)
     dtype = _compute_dtype(log_prob)
-    zero = torch.zeros((), dtype=dtype, device=log_prob.device)
     with torch.no_grad():
-        lp, old, adv = (torch.where(valid, t.detach().to(dtype), zero) for t in (log_prob, old_log_prob, advantages))
+        lp, old, adv = (torch.where(valid, t.detach().to(dtype), 0.0) for t in (log_prob, old_log_prob, advantages))
         tok = spec.fn(lp, old, adv, cfg, response_mask=valid)
-    return _metrics(tok, lp, old, adv, valid, 0, as_tensors=compiling())
+        values = _metric_vector(tok, lp - old, adv, valid, masked=True)
+        return _finish_metrics(list(values.unbind()) if compiling() else values.tolist(), 0)
 
 
 _GBI_KEYS = ("batch_num_tokens", "global_batch_size", "dp_size", "loss_scale_factor")
@@ -345,121 +407,109 @@ def _fast_policy_loss(spec, cfg, log_prob: torch.Tensor, old: torch.Tensor, adv:
     holds a non-finite value (the caller then takes the exact path, which reports or drops those tokens).
 
     Why it is exact: with every input finite and A = 0 at masked positions, a built-in loss gives finite values and
-    derivatives there (``spec.finite_safe``), so ``agg_loss``'s where() passes them exactly zero upstream gradient,
-    and 0 times a finite derivative is 0: the gradient is exactly zero at masked positions, and at valid positions
-    every operation is the masked path's, bit for bit. One read-only reduction, ``sum(logp - logp_old) + sum(A)``
-    (+ ``sum(w)``), is non-finite iff an element is (or a difference overflows, which also takes the exact path):
-    it replaces the per-position finiteness scan and the masking copies of log_prob and old_log_prob."""
+    derivatives there (``spec.finite_safe``), so ``agg_loss``'s where() leaves them out of the loss, the backward's
+    where() (or, for a loss without ``analytic_grad``, 0 times a finite derivative) gives them exactly zero gradient,
+    and at valid positions every operation is the masked path's, bit for bit. One read-only reduction,
+    ``sum(logp - logp_old + A (+ w))``, is non-finite iff an element is (or a sum overflows, which also takes the
+    exact path): it replaces the per-position finiteness scan and the masking copies of log_prob and old_log_prob."""
     dtype = old.dtype
-    zero = torch.zeros((), dtype=dtype, device=old.device)
-    lp = log_prob.to(dtype)
-    adv_masked = torch.where(valid, adv, zero)
-    tok = spec.fn(lp, old, adv_masked, cfg, response_mask=valid)
-    loss_mat = tok.loss if weights is None else tok.loss * weights
-    loss = agg_loss(loss_mat, valid, loss_agg_mode, **gbi)
+    lp = _detached(log_prob, dtype) if spec.analytic_grad else log_prob.to(dtype)
+    vf = valid.to(dtype)
+    adv_masked = adv * vf  # A finite (else the probe below sends the call to the exact path): the where() values
+    loss, tok = _policy_loss(spec, cfg, log_prob, lp, old, adv_masked, weights, valid, loss_agg_mode, gbi,
+                             spec.analytic_grad, vf)
     with torch.no_grad():
-        log_ratio = lp.detach() - old
-        probe = log_ratio.sum() + adv.sum()
+        log_ratio = (lp.detach() if lp.requires_grad else lp) - old
+        probe = log_ratio + adv
         if weights is not None:
-            probe = probe + weights.sum()
+            probe += weights
+        extra = [probe.sum()]
         count = _local_count(gbi, valid, loss_agg_mode)
-        values = _metric_tensors(tok, log_ratio, adv_masked, valid)
-        extra = [probe.to(dtype)] + ([count[2].to(dtype)] if count is not None else [])
-        floats = torch.cat([values, torch.stack(extra)]).tolist()  # the one host sync
-    if not math.isfinite(floats[len(_FAST_METRICS)]):
+        if count is not None:
+            extra.append(count[2].to(dtype))
+        values = _metric_vector(tok, log_ratio, adv_masked, valid, vf=vf, extra=extra)
+        floats = values.tolist()  # the one host sync
+    if not math.isfinite(floats[_N_RAW]):
         return None
-    metrics = dict(zip(_FAST_METRICS, floats))
-    if metrics["valid_tokens"] == 0:  # no valid token: min/max are undefined; report neutral values rather than +-inf
-        metrics.update(ratio_max=0.0, gate_min=1.0)
-    metrics["nonfinite_tokens"] = 0.0
+    metrics = _finish_metrics(floats, 0.0)
     return loss, metrics, (count[0], count[1], int(floats[-1])) if count is not None else None
 
 
-_FAST_METRICS = ("ppo_kl", "ratio_mean", "ratio_max", "gate_mean", "gate_min", "damp_frac", "eff_weight_mean",
-                 "quad_pos_frac", "quad_neg_frac", "pg_clipfrac", "pg_clipfrac_lower", "valid_tokens")
+# Documented metrics in the order _finish_metrics returns them.
+_METRIC_ORDER = ("ppo_kl", "ratio_mean", "ratio_max", "gate_mean", "gate_min", "damp_frac", "eff_weight_mean",
+                 "quad_pos_frac", "quad_neg_frac", "pg_clipfrac", "pg_clipfrac_lower", "valid_tokens", "nonfinite_tokens")
+# _metric_vector's entries: counts over valid tokens (valid, pg_clipfrac and pg_clipfrac_lower flags, gate < 0.5,
+# A > 0 and r > 1, A < 0 and r < 1); valid-token sums of the clamped log-ratio, ratio and gate; ratio_max, gate_min,
+# sum |g / A|, count(A != 0); then the caller's extras.
+_N_RAW = 13
+# Stands in for +inf at masked positions in gate_min (finite: times 0 it must give 0, not NaN).
+_BIG = 1e30
 
 
-def _metric_tensors(tok: TokenLoss, log_ratio: torch.Tensor, adv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """The ``_FAST_METRICS`` as one tensor, for finite inputs, with ``adv`` zero at masked positions.
+def _metric_vector(tok: TokenLoss, log_ratio: torch.Tensor, adv: torch.Tensor, valid: torch.Tensor, *,
+                   masked: bool = False, vf: torch.Tensor | None = None,
+                   extra: list[torch.Tensor] = ()) -> torch.Tensor:
+    """The raw metric statistics as one float64 vector (see ``_N_RAW``; then ``extra``), for inputs finite
+    everywhere with ``adv`` zero at masked positions. ``masked=True``: the per-token terms may be non-finite at
+    masked positions (a custom loss evaluated on zeroed inputs), so they are replaced there first. ``vf``:
+    ``valid`` as 0./1. in the compute dtype, if the caller has it.
 
-    Sums over valid tokens are dot products with the float mask (a read, no write); counts are ``count_nonzero`` on
-    bools (no int64 copy); flags that involve ``A > 0`` / ``A < 0`` exclude masked positions already (A = 0 there);
-    ``eff_weight_mean`` is a NaN-skipping sum of ``|g / A|`` (0/0 = NaN exactly where A = 0, masked included).
-    The divisions run once on the stacked sums."""
+    Few passes: every flag is counted by one ``count_nonzero`` over the stacked bool flags ANDed with the mask (the
+    quadrant flags need no mask: A = 0 at masked positions); the three sums are one ``mv`` of the stacked float
+    terms with the float mask (masked positions contribute finite * 0 = 0); the max/min over valid tokens multiply
+    by the mask (ratio > 0) or select +inf; ``eff_weight_mean`` is a NaN-skipping sum of ``|g / A|`` (0/0 = NaN
+    exactly where A = 0, masked included). One float64 vector at the end: one host sync for all."""
     dtype, device = log_ratio.dtype, log_ratio.device
-    vf = valid.reshape(-1).to(dtype)
+    if vf is None:
+        vf = valid.to(dtype)
+    ratio, gate, grad = (t if t.dtype == dtype else t.to(dtype) for t in (tok.ratio, tok.gate, tok.grad_logp))
+    if masked:
+        ratio, gate, grad = (torch.where(valid, t, fill) for t, fill in ((ratio, 1.0), (gate, 1.0), (grad, 0.0)))
     zero = torch.zeros((), dtype=dtype, device=device)
-
-    def vsum(x: torch.Tensor) -> torch.Tensor:
-        return torch.dot(x.reshape(-1).to(dtype), vf)
-
-    def count(flags: torch.Tensor) -> torch.Tensor:
-        return torch.count_nonzero(flags).to(dtype)
-
-    ratio, gate = tok.ratio.to(dtype), tok.gate.to(dtype)
-    n = count(valid)
-    nums = torch.stack([
-        -vsum(torch.clamp(log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)),
-        vsum(ratio),
-        torch.where(valid, ratio, zero).amax() if ratio.numel() else zero,  # ratio > 0
-        vsum(gate),
-        torch.where(valid, gate, torch.full((), math.inf, dtype=dtype, device=device)).amin() if gate.numel() else zero,
-        count((gate < 0.5) & valid),
-        torch.nansum((tok.grad_logp.to(dtype) / adv).abs()),
-        count((adv > 0) & (ratio > 1)),
-        count((adv < 0) & (ratio < 1)),
-        count(tok.clipped & valid) if tok.clipped is not None else zero,
-        count(tok.clipped_lower & valid) if tok.clipped_lower is not None else zero,
-        n,
+    # Flags zero at masked positions already: the valid mask, and the quadrants when built here from adv (0 there).
+    quadrants = tok.quadrants if tok.quadrants is not None else ((adv > 0) & (ratio > 1), (adv < 0) & (ratio < 1))
+    flags = [valid, (gate < 0.5) & valid, *(q if tok.quadrants is None else q & valid for q in quadrants)]
+    flags += [c & valid for c in (tok.clipped, tok.clipped_lower) if c is not None]
+    # One count_nonzero per flag: count_nonzero(dim=...) over a stack takes a slow strided path on CPU.
+    counts = torch.stack([torch.count_nonzero(f) for f in flags])
+    if tok.clipped is None or tok.clipped_lower is None:
+        missing = counts.new_zeros(2 - (tok.clipped is not None) - (tok.clipped_lower is not None))
+        if tok.clipped is None and tok.clipped_lower is not None:
+            counts = torch.cat([counts[:4], missing, counts[4:]])
+        else:
+            counts = torch.cat([counts, missing])
+    terms = torch.stack([torch.clamp(log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP), ratio, gate])
+    sums = torch.mv(terms.reshape(3, -1), vf.reshape(-1))
+    others = torch.stack([
+        (ratio * vf).amax() if ratio.numel() else zero,  # ratio > 0
+        (gate + (1 - vf) * _BIG).amin() if gate.numel() else zero,  # exact at valid tokens: gate + 0
+        torch.nansum((grad / adv).abs()),
+        torch.count_nonzero(adv).to(dtype),
+        *extra,
     ])
-    one = torch.ones((), dtype=dtype, device=device)
-    denom = n.clamp(min=1)
-    dens = torch.stack([denom, denom, one, denom, one, denom, count(adv).clamp(min=1), denom, denom, denom, denom, one])
-    return nums / dens
+    return torch.cat([counts.to(torch.float64), torch.cat([sums, others]).to(torch.float64)])
 
 
-def _metrics(
-    tok: TokenLoss, lp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, valid: torch.Tensor,
-    n_bad: int | torch.Tensor, as_tensors: bool = False,
-) -> dict[str, float] | dict[str, torch.Tensor]:
-    with torch.no_grad():
-        n = valid.sum()
-        denom = n.clamp(min=1).to(lp.dtype)
-        zero = torch.zeros((), dtype=lp.dtype, device=lp.device)
-
-        def mean(x: torch.Tensor) -> torch.Tensor:
-            return torch.where(valid, x.to(lp.dtype), zero).sum() / denom
-
-        ratio = tok.ratio.to(lp.dtype)
-        gate = tok.gate.to(lp.dtype)
-        log_ratio = torch.clamp(lp - old, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-        has_adv = valid & (adv != 0)
-        eff = torch.where(has_adv, tok.grad_logp.abs() / torch.where(has_adv, adv.abs(), 1 + zero), zero)
-        inf = torch.tensor(float("inf"), dtype=lp.dtype, device=lp.device)
-        values = {
-            "ppo_kl": mean(-log_ratio),
-            "ratio_mean": mean(ratio),
-            "ratio_max": torch.where(valid, ratio, -inf).max() if ratio.numel() else zero,
-            "gate_mean": mean(gate),
-            "gate_min": torch.where(valid, gate, inf).min() if gate.numel() else zero,
-            "damp_frac": mean(gate < 0.5),
-            "eff_weight_mean": eff.sum() / has_adv.sum().clamp(min=1).to(lp.dtype),
-            "quad_pos_frac": mean((adv > 0) & (ratio > 1)),
-            "quad_neg_frac": mean((adv < 0) & (ratio < 1)),
-            "pg_clipfrac": mean(tok.clipped) if tok.clipped is not None else zero,
-            "pg_clipfrac_lower": mean(tok.clipped_lower) if tok.clipped_lower is not None else zero,
-            "valid_tokens": n.to(lp.dtype),
-        }
-        if as_tensors:  # traced by torch.compile: no host sync, the neutral values of an empty call by where()
-            empty = values["valid_tokens"] == 0
-            values["ratio_max"] = torch.where(empty, zero, values["ratio_max"])
-            values["gate_min"] = torch.where(empty, 1 + zero, values["gate_min"])
-            values["nonfinite_tokens"] = torch.as_tensor(n_bad, device=lp.device)
-            return {k: v.to(lp.dtype).reshape(()) for k, v in values.items()}
-        # One host sync for all metrics.
-        floats = torch.stack([v.to(lp.dtype).reshape(()) for v in values.values()]).tolist()
-    out = dict(zip(values.keys(), floats))
-    if out["valid_tokens"] == 0:  # no valid token: min/max are undefined; report neutral values rather than +-inf
-        out.update(ratio_max=0.0, gate_min=1.0)
-    out["nonfinite_tokens"] = float(n_bad)
-    return out
+def _finish_metrics(raw: list, n_bad: Any) -> dict[str, Any]:
+    """The documented metrics from ``_metric_vector``'s entries: Python floats (eager, after the one host sync) or
+    0-d float64 tensors (traced; no data-dependent branch). The same float64 operations either way, so a compiled
+    call reports the same bits as an eager one."""
+    (n, damp, quad_pos, quad_neg, clipped, clipped_lower, log_ratio, ratio, gate, ratio_max, gate_min, eff_sum,
+     n_adv) = raw[:_N_RAW]
+    traced = isinstance(n, torch.Tensor)
+    denom = n.clamp(min=1) if traced else max(n, 1.0)
+    out = {"ppo_kl": -log_ratio / denom, "ratio_mean": ratio / denom, "gate_mean": gate / denom,
+           "damp_frac": damp / denom, "quad_pos_frac": quad_pos / denom, "quad_neg_frac": quad_neg / denom,
+           "pg_clipfrac": clipped / denom, "pg_clipfrac_lower": clipped_lower / denom}
+    if traced:  # no valid token: min/max are undefined; report neutral values rather than +-inf
+        empty = n == 0
+        out["ratio_max"] = torch.where(empty, torch.zeros_like(ratio_max), ratio_max)
+        out["gate_min"] = torch.where(empty, torch.ones_like(gate_min), gate_min)
+        out["eff_weight_mean"] = eff_sum / n_adv.clamp(min=1)
+        out["nonfinite_tokens"] = torch.as_tensor(n_bad, device=n.device).to(n.dtype).reshape(())
+    else:
+        out["ratio_max"], out["gate_min"] = (ratio_max, gate_min) if n else (0.0, 1.0)
+        out["eff_weight_mean"] = eff_sum / max(n_adv, 1.0)
+        out["nonfinite_tokens"] = float(n_bad)
+    out["valid_tokens"] = n
+    return {key: out[key] for key in _METRIC_ORDER}

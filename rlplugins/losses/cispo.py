@@ -15,7 +15,7 @@ from .token_loss import TokenLoss, clamped_log_ratio
 
 @register_policy_loss(
     "cispo",
-    config_cls=CispoConfig, finite_safe=True,
+    config_cls=CispoConfig, finite_safe=True, analytic_grad=True,
     formula="-sg(clip(r, 1-eps_low, 1+eps_high)) A logp",
     description="CISPO (arXiv 2506.13585): clipped detached IS weight times A logp",
 )
@@ -27,5 +27,5 @@ def cispo_token_loss(log_prob, old_log_prob, advantages, config: CispoConfig, **
         grad = -weight * advantages
         gate = weight / ratio
         clipped = ratio != weight
-    loss = -weight * advantages * log_prob
-    return TokenLoss(loss=loss, grad_logp=grad, gate=gate, ratio=ratio, clipped=clipped)
+    loss = grad * log_prob  # (-c A) logp
+    return TokenLoss(loss=loss, grad_logp=grad, gate=gate, ratio=ratio, clipped=clipped, vjp=lambda up: up * grad)

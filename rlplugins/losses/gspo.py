@@ -14,12 +14,12 @@ import torch
 
 from .config import GspoConfig
 from .registry import register_policy_loss
-from .token_loss import TokenLoss
+from .token_loss import TokenLoss, masked_by
 
 
 @register_policy_loss(
     "gspo",
-    config_cls=GspoConfig, finite_safe=True,
+    config_cls=GspoConfig, finite_safe=True, analytic_grad=True,
     formula="max(-A s, -A clip(s, 1-eps_low, 1+eps_high)), s = sg(exp(mean_t log r)) exp(logp - sg(logp))",
     description="GSPO (arXiv 2507.18071): sequence-level ratio, token straight-through",
     elementwise=False,
@@ -39,12 +39,21 @@ def gspo_token_loss(
     passes = (log_s <= config.log_ratio_max).detach()
     log_s = torch.clamp(log_s, max=config.log_ratio_max)
     s = torch.exp(log_s)
-    unclipped_loss = -advantages * s
-    clipped_loss = -advantages * torch.clamp(s, 1 - config.eps_low, 1 + config.eps_high)
+    neg_adv = -advantages
+    unclipped_loss = neg_adv * s
+    clipped_loss = neg_adv * torch.clamp(s, 1 - config.eps_low, 1 + config.eps_high)
     loss = torch.maximum(unclipped_loss, clipped_loss)
     with torch.no_grad():
         clipped = clipped_loss > unclipped_loss
         sd = s.detach()
-        grad = torch.where(passes & ~clipped, -advantages * sd, torch.zeros_like(sd))
+        through = passes & ~clipped
+        grad = torch.where(through, neg_adv * sd, 0.0)
         gate = (~clipped).to(sd.dtype)
-    return TokenLoss(loss=loss, grad_logp=grad, gate=gate, ratio=sd, clipped=clipped)
+
+    def vjp(up: torch.Tensor) -> torch.Tensor:
+        # maximum()'s backward: all of up to the larger term, half to each at a tie (inside the clip range, where
+        # both halves times -A sum to up * -A exactly); the clipped term is larger only outside the range, where
+        # clamp's backward gives 0. Then exp's s and clamp's mask.
+        return masked_by(up * neg_adv * sd, through)
+
+    return TokenLoss(loss=loss, grad_logp=grad, gate=gate, ratio=sd, clipped=clipped, vjp=vjp)

@@ -23,7 +23,7 @@ import torch
 
 from .config import MaspoConfig
 from .registry import register_policy_loss
-from .token_loss import LOG_RATIO_CLAMP, TokenLoss, apply_dual_clip, clamped_log_ratio
+from .token_loss import LOG_RATIO_CLAMP, TokenLoss, apply_dual_clip, clamped_log_ratio, masked_by
 
 # Finiteness guards of the paper variant: e^50 * 1e4 stays far below the float32 maximum (~3.4e38),
 # and sigma <= e^60 keeps (rho - 1) / sigma finite. Neither binds for realistic inputs.
@@ -58,17 +58,25 @@ def maspo_widths(
     return sigma_pos, sigma_neg
 
 
+def maspo_quadrants(ratio: torch.Tensor, advantages: torch.Tensor, bilateral: bool = False,
+                    signs: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gated quadrants ``(A > 0 and r > 1, A < 0 and r < 1)`` (``bilateral``: ``(A > 0, A < 0)``).
+    ``signs``: ``(A > 0, A < 0)`` if the caller has them."""
+    a_pos, a_neg = signs if signs is not None else (advantages > 0, advantages < 0)
+    if bilateral:
+        return a_pos, a_neg
+    return a_pos & (ratio > 1), a_neg & (ratio < 1)
+
+
 def maspo_gate(
-    ratio: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, config: MaspoConfig
+    ratio: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, config: MaspoConfig,
+    quadrants: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The detached gate ``w`` (1 outside the gated quadrants)."""
+    """The detached gate ``w`` (1 outside the gated quadrants; ``quadrants``: ``maspo_quadrants``, if computed)."""
     with torch.no_grad():
         r = ratio.detach()
         sigma_pos, sigma_neg = maspo_widths(old_log_prob, advantages, config)
-        if config.bilateral:
-            in_pos, in_neg = advantages > 0, advantages < 0
-        else:
-            in_pos, in_neg = (advantages > 0) & (r > 1), (advantages < 0) & (r < 1)
+        in_pos, in_neg = quadrants if quadrants is not None else maspo_quadrants(r, advantages, config.bilateral)
         # The width of the token's quadrant first, then one Gaussian: elementwise the same operations as
         # evaluating both branches and selecting, so the same bits, at half the cost.
         sigma = torch.where(in_pos, sigma_pos, sigma_neg)
@@ -76,12 +84,12 @@ def maspo_gate(
             w = torch.exp(-((r - 1) ** 2) / 2 / sigma**2)
         else:  # divide before squaring: sigma may be huge
             w = torch.exp(-0.5 * ((r - 1) / sigma) ** 2)
-        return torch.where(in_pos | in_neg, w, torch.ones_like(r))
+        return torch.where(in_pos | in_neg, w, 1.0)
 
 
 @register_policy_loss(
     "maspo",
-    config_cls=MaspoConfig, finite_safe=True,
+    config_cls=MaspoConfig, finite_safe=True, analytic_grad=True,
     formula="-A * sg(w) * r, w = exp(-(r-1)^2 / (2 sigma^2)) on (A>0,r>1) and (A<0,r<1), sigma = M(pi_old) k(A)",
     description="MASPO (arXiv 2602.17550): soft Gaussian gate, mass-adaptive width, asymmetric risk control",
 )
@@ -91,15 +99,25 @@ def maspo_token_loss(
     bound = LOG_RATIO_CLAMP if config.variant == "official" else PAPER_LOG_RATIO_GUARD
     log_ratio, passes = clamped_log_ratio(log_prob, old_log_prob, bound)
     ratio = torch.exp(log_ratio)
-    w = maspo_gate(ratio, old_log_prob, advantages, config)
-    loss = -advantages * (w * ratio)  # w is exactly 1 outside the quadrants, so this is -A * r there, bit for bit
+    with torch.no_grad():
+        signs = (advantages > 0, advantages < 0)
+        quadrants = maspo_quadrants(ratio.detach(), advantages, config.bilateral, signs)
+    w = maspo_gate(ratio, old_log_prob, advantages, config, quadrants)
+    neg_adv = -advantages
+    loss = neg_adv * (w * ratio)  # w is exactly 1 outside the quadrants, so this is -A * r there, bit for bit
     with torch.no_grad():
         r = ratio.detach()
-        grad = torch.where(passes, -advantages * w * r, torch.zeros_like(r))
+        grad = torch.where(passes, neg_adv * w * r, 0.0)
         # The official code logs PPO's eps = 0.2 and c = 3 clip fractions in maspo mode without applying them;
         # we report the same diagnostics so dashboards stay comparable.
-        ppo_would_clip = ((r < 1 - PPO_DIAGNOSTIC_EPS) & (advantages < 0)) | ((r > 1 + PPO_DIAGNOSTIC_EPS) & (advantages > 0))
-        dual_would_clip = (r > PPO_DIAGNOSTIC_DUAL_CLIP) & (advantages < 0)
-    loss, grad, w, hit = apply_dual_clip(loss, advantages, grad, w, config.dual_clip)
+        a_pos, a_neg = signs
+        ppo_would_clip = ((r < 1 - PPO_DIAGNOSTIC_EPS) & a_neg) | ((r > 1 + PPO_DIAGNOSTIC_EPS) & a_pos)
+        dual_would_clip = (r > PPO_DIAGNOSTIC_DUAL_CLIP) & a_neg
+
+    def vjp(up: torch.Tensor) -> torch.Tensor:  # autograd's order: mul by -A, by w, exp's r, clamp's mask
+        return masked_by(up * neg_adv * w * r, passes)
+
+    loss, grad, w, hit, vjp = apply_dual_clip(loss, advantages, grad, w, config.dual_clip, vjp)
     return TokenLoss(loss=loss, grad_logp=grad, gate=w, ratio=r, clipped=ppo_would_clip,
-                     clipped_lower=hit if hit is not None else dual_would_clip)
+                     clipped_lower=hit if hit is not None else dual_would_clip, vjp=vjp,
+                     quadrants=None if config.bilateral else quadrants)

@@ -13,7 +13,7 @@ import torch
 
 from .config import ClipHigherConfig, DualClipConfig, PpoClipConfig
 from .registry import register_policy_loss
-from .token_loss import TokenLoss, apply_dual_clip, clamped_log_ratio
+from .token_loss import TokenLoss, apply_dual_clip, clamped_log_ratio, masked_by
 
 _FORMULA = "max(-A r, -A clip(r, 1-eps_low, 1+eps_high)); A<0: min(., -c A) with dual_clip c"
 
@@ -32,18 +32,25 @@ def _ppo_clip(log_prob, old_log_prob, advantages, config: PpoClipConfig, **_: ob
     loss = torch.where(clipped, clipped_loss, unclipped_loss)
     with torch.no_grad():
         r = ratio.detach()
-        grad = torch.where(passes & ~clipped, unclipped_loss.detach(), torch.zeros((), dtype=r.dtype, device=r.device))
+        through = passes & ~clipped
+        grad = torch.where(through, unclipped_loss.detach(), 0.0)
         gate = (~clipped).to(r.dtype)
-    loss, grad, gate, hit = apply_dual_clip(loss, advantages, grad, gate, config.dual_clip)
-    return TokenLoss(loss=loss, grad_logp=grad, gate=gate, ratio=r, clipped=clipped, clipped_lower=hit)
+
+    def vjp(up: torch.Tensor) -> torch.Tensor:
+        # where()'s backward sends up to the unclipped term (-A r: mul by -A, exp's r, clamp's mask); the clipped
+        # term is selected only outside [1 - eps_low, 1 + eps_high], where clamp's backward gives 0.
+        return masked_by(up * neg_adv * r, through)
+
+    loss, grad, gate, hit, vjp = apply_dual_clip(loss, advantages, grad, gate, config.dual_clip, vjp)
+    return TokenLoss(loss=loss, grad_logp=grad, gate=gate, ratio=r, clipped=clipped, clipped_lower=hit, vjp=vjp)
 
 
 register_policy_loss(
-    "ppo_clip", config_cls=PpoClipConfig, finite_safe=True, formula=_FORMULA, description="PPO/GRPO clipped surrogate"
+    "ppo_clip", config_cls=PpoClipConfig, finite_safe=True, analytic_grad=True, formula=_FORMULA, description="PPO/GRPO clipped surrogate"
 )(_ppo_clip)
 register_policy_loss(
-    "clip_higher", config_cls=ClipHigherConfig, finite_safe=True, formula=_FORMULA, description="DAPO clip-higher (eps_high=0.28)"
+    "clip_higher", config_cls=ClipHigherConfig, finite_safe=True, analytic_grad=True, formula=_FORMULA, description="DAPO clip-higher (eps_high=0.28)"
 )(_ppo_clip)
 register_policy_loss(
-    "dual_clip", config_cls=DualClipConfig, finite_safe=True, formula=_FORMULA, description="dual-clip PPO (c=3), veRL's vanilla"
+    "dual_clip", config_cls=DualClipConfig, finite_safe=True, analytic_grad=True, formula=_FORMULA, description="dual-clip PPO (c=3), veRL's vanilla"
 )(_ppo_clip)

@@ -32,6 +32,11 @@ class PolicyLossSpec:
     # built-ins: ratios are clamped before exp): compute_policy_loss then skips the masking copies of log_prob and
     # old_log_prob and the per-position finiteness scan. Custom losses default to the fully masked path.
     finite_safe: bool = False
+    # True when ``TokenLoss.grad_logp`` is the exact derivative of ``TokenLoss.loss`` with respect to log_prob and
+    # the loss depends on log_prob only through it elementwise (all built-ins): compute_policy_loss then evaluates
+    # the loss without an autograd graph and its backward is one product, ``grad_logp`` times the aggregation's
+    # scale. Custom losses default to autograd through their own function.
+    analytic_grad: bool = False
 
     def make_config(self, config: PolicyLossConfig | Mapping[str, Any] | None = None) -> PolicyLossConfig:
         """Defaults for None, validation for a mapping, a type check for an instance."""
@@ -63,12 +68,14 @@ def register_policy_loss(
     description: str = "",
     elementwise: bool = True,
     finite_safe: bool = False,
+    analytic_grad: bool = False,
     overwrite: bool = False,
 ) -> Callable[[TokenLossFn], TokenLossFn]:
     """Decorator adding a per-token loss to the registry.
 
     ``finite_safe=True`` declares the function finite on finite inputs with A = 0 (see PolicyLossSpec), which
-    lets compute_policy_loss take its cheaper path.
+    lets compute_policy_loss take its cheaper path; ``analytic_grad=True`` declares ``grad_logp`` exact (see
+    PolicyLossSpec), which lets it skip the autograd graph of the per-token terms.
     Re-registering the same function (a module imported twice) is a no-op; registering a different
     function under a taken name raises unless ``overwrite=True`` (veRL silently overwrites; we do not).
     """
@@ -86,7 +93,8 @@ def register_policy_loss(
         if existing is not None and not same and not overwrite:
             raise ValueError(f"policy loss {name!r} is already registered by {existing.fn.__module__}; "
                              f"pass overwrite=True to replace it")
-        _REGISTRY[name] = PolicyLossSpec(name, fn, config_cls, formula, description, elementwise, finite_safe)
+        _REGISTRY[name] = PolicyLossSpec(name, fn, config_cls, formula, description, elementwise, finite_safe,
+                                        analytic_grad)
         return fn
 
     return decorator
