@@ -22,7 +22,7 @@ from rlplugins.losses import MaspoConfig
 
 from verl.workers.config import PolicyLossConfig
 
-from .compat import UnsupportedVerlVersion
+from .version import UnsupportedVersionError
 from .losses import DEFAULT_ON_NONFINITE, register_policy_losses
 
 # Importing this module (which Hydra does to resolve the _target_) registers the losses in this process.
@@ -30,7 +30,7 @@ from .losses import DEFAULT_ON_NONFINITE, register_policy_losses
 # it locates a _target_ ("Error locating target ..."), but shows those raised by the constructor.
 try:
     register_policy_losses()
-except UnsupportedVerlVersion:
+except UnsupportedVersionError:
     pass
 
 _D = MaspoConfig()
