@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
+from rlplugins._config import check_number, suggest
 from rlplugins.selection.prompt_groups import PromptGroupSelectorConfig
 
 logger = logging.getLogger("rlplugins.integrations.verl.sampler")
@@ -36,19 +37,16 @@ def _split_kwargs(sampler_kwargs: Any) -> tuple[SamplerOptions, PromptGroupSelec
     selector_fields = set(PromptGroupSelectorConfig.__dataclass_fields__)
     unknown = [k for k in raw if k not in own | selector_fields]
     if unknown:
-        import difflib
-
         names = sorted(own | selector_fields)
         hints = []
         for key in unknown:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hints.append(f"'{key}'" + (f" (did you mean +{KWARGS_PREFIX}{close[0]}?)" if close else ""))
+            close = suggest(key, names)
+            hints.append(f"'{key}'" + (f" (did you mean +{KWARGS_PREFIX}{close}?)" if close else ""))
         raise ValueError(
             f"PromptGroupReplayBuffer got unknown sampler_kwargs {', '.join(hints)}. Valid keys: {', '.join(names)}"
         )
     opts = SamplerOptions(**{k: _plain(v) for k, v in raw.items() if k in own})
-    if isinstance(opts.oversample, bool) or not isinstance(opts.oversample, (int, float)) or not opts.oversample >= 1:
-        raise ValueError(f"{KWARGS_PREFIX}oversample must be a number >= 1, got {opts.oversample!r}")
+    check_number("", KWARGS_PREFIX + "oversample", opts.oversample, low=1.0)
     config = PromptGroupSelectorConfig.from_mapping({k: _plain(v) for k, v in raw.items() if k in selector_fields})
     return opts, config
 
