@@ -69,39 +69,54 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def core_config_from(core_name: str, config: Any, loss_mode: str | None = None) -> Any:
-    """The core config of ``core_name`` from veRL's actor config (the rule in the module docstring).
+class ConfigReader:
+    """Reads the core config of ``core_name`` from veRL's actor config, for ``loss_mode=name`` (the rule in the
+    module docstring); the field sources are worked out once, here, not per call.
 
     An invalid value raises naming the veRL flag it came from (``actor_rollout_ref.actor....``) and the loss_mode.
     """
-    cls = get_policy_loss(core_name).config_cls
-    policy_loss = _get(config, "policy_loss")
-    values: dict[str, Any] = {}
-    flags: dict[str, str] = {}
-    for name in cls.field_names():
-        value = _get(policy_loss, name)
-        if value is not None:
-            values[name], flags[name] = value, POLICY_LOSS_FLAG_PREFIX + name
-            continue
-        for flag in ACTOR_FLAGS.get(name, ()):
-            value = _get(config, flag)
-            if value is None:
+
+    __slots__ = ("core_name", "name", "cls", "sources")
+
+    def __init__(self, core_name: str, name: str | None = None) -> None:
+        self.core_name, self.name = core_name, name or verl_name(core_name)
+        self.cls = get_policy_loss(core_name).config_cls
+        # (field, its policy_loss flag, the actor flags that carry it)
+        self.sources = tuple((f, POLICY_LOSS_FLAG_PREFIX + f, ACTOR_FLAGS.get(f, ())) for f in self.cls.field_names())
+
+    def __call__(self, config: Any) -> Any:
+        policy_loss = _get(config, "policy_loss")
+        values: dict[str, Any] = {}
+        flags: dict[str, str] = {}
+        for field, policy_loss_flag, actor_flags in self.sources:
+            value = _get(policy_loss, field)
+            if value is not None:
+                values[field], flags[field] = value, policy_loss_flag
                 continue
-            if isinstance(value, str):
-                try:
-                    value = float(value)
-                except ValueError:
-                    raise ValueError(f"{ACTOR_FLAG_PREFIX}{flag} must be a number for "
-                                     f"loss_mode={loss_mode or verl_name(core_name)}, got {value!r}") from None
-            values[name], flags[name] = value, ACTOR_FLAG_PREFIX + flag
-            break
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as exc:
-        message = str(exc)
-        for name, flag in flags.items():
-            message = message.replace(f"{cls.__name__}.{name}", flag)
-        raise type(exc)(f"{message} (loss_mode={loss_mode or verl_name(core_name)})") from None
+            for flag in actor_flags:
+                value = _get(config, flag)
+                if value is None:
+                    continue
+                if isinstance(value, str):
+                    try:
+                        value = float(value)
+                    except ValueError:
+                        raise ValueError(f"{ACTOR_FLAG_PREFIX}{flag} must be a number for loss_mode={self.name}, "
+                                         f"got {value!r}") from None
+                values[field], flags[field] = value, ACTOR_FLAG_PREFIX + flag
+                break
+        try:
+            return self.cls(**values)
+        except (TypeError, ValueError) as exc:
+            message = str(exc)
+            for field, flag in flags.items():
+                message = message.replace(f"{self.cls.__name__}.{field}", flag)
+            raise type(exc)(f"{message} (loss_mode={self.name})") from None
+
+
+def core_config_from(core_name: str, config: Any, loss_mode: str | None = None) -> Any:
+    """The core config of ``core_name`` from veRL's actor config (see ``ConfigReader``)."""
+    return ConfigReader(core_name, loss_mode)(config)
 
 
 def global_batch_info_from(config: Any) -> dict[str, Any]:
@@ -116,6 +131,7 @@ def make_policy_loss(core_name: str, name: str | None = None) -> Callable[..., t
     """veRL's policy-loss function for core loss ``core_name``, registered as ``name`` (default ``rlp_<core>``)."""
     name = name or verl_name(core_name)
     spec = get_policy_loss(core_name)
+    read_config = ConfigReader(core_name, name)
 
     def policy_loss(
         old_log_prob: torch.Tensor,
@@ -133,7 +149,7 @@ def make_policy_loss(core_name: str, name: str | None = None) -> Callable[..., t
             advantages=advantages,
             response_mask=response_mask,
             loss_agg_mode=loss_agg_mode,
-            config=core_config_from(core_name, config, name),
+            config=read_config(config),
             rollout_is_weights=rollout_is_weights,
             global_batch_info=global_batch_info_from(config),
             on_nonfinite=str(_get(_get(config, "policy_loss"), "on_nonfinite", DEFAULT_ON_NONFINITE)),
@@ -148,19 +164,12 @@ def make_policy_loss(core_name: str, name: str | None = None) -> Callable[..., t
     return policy_loss
 
 
-def _config_reader(core_name: str, name: str) -> Callable[[Any], Any]:
-    def read(config: Any) -> Any:
-        return core_config_from(core_name, config, name)
-
-    return read
-
-
 def _generate() -> dict[str, tuple[Callable[..., Any], str, Callable[[Any], Any]]]:
     table = {}
     for core in list_policy_losses():
-        table[verl_name(core)] = (make_policy_loss(core), core, _config_reader(core, verl_name(core)))
+        table[verl_name(core)] = (make_policy_loss(core), core, ConfigReader(core))
     for alias, core in ALIASES.items():
-        table[alias] = (make_policy_loss(core, alias), core, _config_reader(core, alias))
+        table[alias] = (make_policy_loss(core, alias), core, ConfigReader(core, alias))
     return table
 
 
@@ -232,7 +241,7 @@ def register_policy_losses() -> list[str]:
     for core in list_policy_losses():  # a loss registered in the core after this module was imported
         name = verl_name(core)
         if name not in VERL_POLICY_LOSSES:
-            VERL_POLICY_LOSSES[name] = (make_policy_loss(core), core, _config_reader(core, name))
+            VERL_POLICY_LOSSES[name] = (make_policy_loss(core), core, ConfigReader(core, name))
     for name, (fn, _, _) in VERL_POLICY_LOSSES.items():
         existing = core_algos.POLICY_LOSS_REGISTRY.get(name)
         if existing is fn:
