@@ -84,7 +84,9 @@ def _install_actor_config_check(_module: Any) -> None:
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name) or _DEPRECATED.get(name)
+    if name in _DEPRECATED:  # not cached: every use warns
+        return getattr(importlib.import_module(f"{__name__}.{_DEPRECATED[name]}"), name)
+    module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f"{__name__}.{module}"), name)

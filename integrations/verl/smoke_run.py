@@ -18,9 +18,8 @@ PROMPT_LEN = 6  # left-padded
 RESPONSE_LEN = 5  # right-padded
 
 
-
 def cpu_overrides(model_dir: str) -> list[str]:
-    """What veRL 0.9.1's actor worker needs to run on CPU with the tiny model (see docs: verl.md section 9)."""
+    """What veRL 0.9.1's actor worker needs to run on CPU with the tiny model (with the shims of ``cpu_platform``)."""
     a = "actor_rollout_ref"
     return [
         f"{a}.model.path={model_dir}",

@@ -29,6 +29,8 @@ DEPRECATED = {
     "rlplugins.integrations.openrlhf": {"OpenRLHFVersionError": "UnsupportedVersionError",
                                         "SKIP_ENV": "SKIP_VERSION_CHECK_ENV"},
     "rlplugins.integrations.trl": {"TRLVersionError": "UnsupportedVersionError", "SKIP_ENV": "SKIP_VERSION_CHECK_ENV"},
+    "rlplugins.integrations.verl": {"UnsupportedVerlVersion": "UnsupportedVersionError",
+                                    "require_supported_verl": None, "SUPPORTED_VERL_VERSIONS": None},
 }
 
 
