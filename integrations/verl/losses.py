@@ -27,6 +27,7 @@ So ``rlp_sapo`` honours ``actor.loss_agg_mode`` (veRL's ``sapo`` always aggregat
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping
 
 import torch
@@ -69,6 +70,18 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+_DECLARED: dict[type, frozenset[str]] = {}
+
+
+def _declared_fields(obj: Any) -> frozenset[str] | None:
+    """The field names a dataclass config declares (cached per class); None for mappings (DictConfig, dict)."""
+    cls = type(obj)
+    names = _DECLARED.get(cls)
+    if names is None and dataclasses.is_dataclass(obj):
+        names = _DECLARED[cls] = frozenset(f.name for f in dataclasses.fields(obj))
+    return names
+
+
 class ConfigReader:
     """Reads the core config of ``core_name`` from veRL's actor config, for ``loss_mode=name`` (the rule in the
     module docstring); the field sources are worked out once, here, not per call.
@@ -86,10 +99,12 @@ class ConfigReader:
 
     def __call__(self, config: Any) -> Any:
         policy_loss = _get(config, "policy_loss")
+        declared = _declared_fields(policy_loss) if policy_loss is not None else frozenset()
         values: dict[str, Any] = {}
         flags: dict[str, str] = {}
         for field, policy_loss_flag, actor_flags in self.sources:
-            value = _get(policy_loss, field)
+            # veRL's own PolicyLossConfig declares none of our fields: skip the lookups it cannot answer
+            value = _get(policy_loss, field) if declared is None or field in declared else None
             if value is not None:
                 values[field], flags[field] = value, policy_loss_flag
                 continue
