@@ -189,7 +189,9 @@ class PromptGroupReplayBufferAsync(_PromptGroupSelection, ReplayBufferAsync):
 class PromptGroupCheckpointCallback(CheckpointCallback):
     """``trainer.checkpoint_callback_class``: saves the selector state into every checkpoint folder."""
 
-    def on_save(self, trainer: Any, global_step: int, checkpoint_dir: str, async_save: bool = False, **kwargs: Any) -> None:
+    def on_save(
+        self, trainer: Any, global_step: int, checkpoint_dir: str, async_save: bool = False, **kwargs: Any
+    ) -> None:
         buffer = getattr(trainer, "replay_buffer", None)
         if not isinstance(buffer, _PromptGroupSelection):
             raise TypeError(

@@ -26,7 +26,8 @@ class SamplerOptions:
     metric: str = "reward"  # "reward" = sum of rm_scores; otherwise a key of reward_extra_info
     prompt_key_field: str = "prompts"  # field identifying a prompt across epochs ("prompts" = hash of token ids)
     oversample: float = 1.0  # sync only: dispatch ceil((oversample - 1) * batch) extra prompts per step
-    max_inflight_gen_batches: int | None = None  # bound on in-flight prompts (x train_batch_size); default ceil(oversample)
+    # bound on in-flight prompts (x train_batch_size); default ceil(oversample)
+    max_inflight_gen_batches: int | None = None
     train_batch_size: int | None = None  # default: data.train_batch_size, else the first sample()'s batch_size
     checkpoint_dir: str | None = None  # where to look for the state on resume; default: the trainer's resume folder
 
@@ -118,7 +119,8 @@ def _init_options(
                 "add data.gen_batch_size=1 to the launch flags."
             )
         callback = _select(root, "trainer.checkpoint_callback_class")
-        if _select(root, "trainer.save_freq", -1) > 0 and not (callback and "PromptGroupCheckpointCallback" in str(callback)):
+        saves_state = bool(callback) and "PromptGroupCheckpointCallback" in str(callback)
+        if _select(root, "trainer.save_freq", -1) > 0 and not saves_state:
             logger.warning(
                 "PromptGroupReplayBuffer: checkpoints are saved but the selector state is not; set "
                 "trainer.checkpoint_callback_class=%s for an exact resume.", _CALLBACK

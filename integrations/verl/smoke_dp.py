@@ -182,7 +182,8 @@ def _rank_main(spec_path: str) -> int:
     config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
     results = {}
     for case in spec["cases"]:
-        overrides = [*spec["overrides"], *case["overrides"], *smoke_run.cpu_overrides(spec["model_dir"]), *dp_overrides()]
+        overrides = [*spec["overrides"], *case["overrides"], *smoke_run.cpu_overrides(spec["model_dir"]),
+                     *dp_overrides()]
         with initialize_config_dir(config_dir=config_dir, version_base=None):
             cfg = compose("ppo_trainer", overrides=overrides)
         actor_config = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
