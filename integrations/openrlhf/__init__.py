@@ -15,7 +15,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .version import SUPPORTED_OPENRLHF_VERSION, OpenRLHFVersionError, check_openrlhf_version
+from .version import (
+    SKIP_VERSION_CHECK_ENV,
+    SUPPORTED_OPENRLHF_VERSION,
+    UnsupportedVersionError,
+    check_openrlhf_version,
+)
 
 _LAZY = {
     "CorePolicyLoss": "policy_loss",
@@ -25,12 +30,17 @@ _LAZY = {
     "SageDPOTrainer": "dpo_trainer",
     "ScoredSampler": "dpo_sampler",
 }
+# Deprecated names (one release): served by version.py with a DeprecationWarning.
+_DEPRECATED = {"OpenRLHFVersionError": "version", "SKIP_ENV": "version"}
 
-__all__ = ["SUPPORTED_OPENRLHF_VERSION", "OpenRLHFVersionError", "check_openrlhf_version", *_LAZY]
+__all__ = [
+    "SKIP_VERSION_CHECK_ENV", "SUPPORTED_OPENRLHF_VERSION", "UnsupportedVersionError", "check_openrlhf_version",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
+    module = _LAZY.get(name) or _DEPRECATED.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -18,7 +18,7 @@ from typing import Sequence
 from ._cli import fail, patch_hierarchize, run_openrlhf_cli
 from .loss_flags import FlagError
 from .selector_flags import SelectorSpec, parse_selector_flags, selector_flags_help
-from .version import OpenRLHFVersionError, check_openrlhf_version
+from .version import UnsupportedVersionError, check_openrlhf_version
 
 PROG = "rlplugins.integrations.openrlhf.train_dpo"
 OPENRLHF_MODULE = "openrlhf.cli.train_dpo"
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         check_openrlhf_version()
         spec, rest = parse_selector_flags(argv)
-    except (FlagError, OpenRLHFVersionError) as exc:
+    except (FlagError, UnsupportedVersionError) as exc:
         fail(PROG, str(exc))
     if spec is not None:
         install_selector(spec)

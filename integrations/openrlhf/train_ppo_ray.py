@@ -19,7 +19,7 @@ from typing import Sequence
 
 from ._cli import fail, patch_hierarchize, run_openrlhf_cli
 from .loss_flags import FlagError, LossSpec, loss_flags_help, parse_loss_flags
-from .version import OpenRLHFVersionError, check_openrlhf_version
+from .version import UnsupportedVersionError, check_openrlhf_version
 
 PROG = "rlplugins.integrations.openrlhf.train_ppo_ray"
 OPENRLHF_MODULE = "openrlhf.cli.train_ppo_ray"
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         check_openrlhf_version()
         spec, rest = parse_loss_flags(argv)
-    except (FlagError, OpenRLHFVersionError) as exc:
+    except (FlagError, UnsupportedVersionError) as exc:
         fail(PROG, str(exc))
     if spec is not None:
         from .ray_actor import swap_policy_actor

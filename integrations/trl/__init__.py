@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .version import SKIP_ENV, SUPPORTED_TRL_VERSION, TRLVersionError, check_trl_version
+from .version import SKIP_VERSION_CHECK_ENV, SUPPORTED_TRL_VERSION, UnsupportedVersionError, check_trl_version
 
 _LAZY = {
     "RLPluginsGRPOConfig": "grpo",
@@ -25,12 +25,16 @@ _LAZY = {
     "score_preference_pairs": "dpo",
     "select_pairs_offline": "dpo",
 }
+# Deprecated names (one release): served by version.py with a DeprecationWarning.
+_DEPRECATED = {"TRLVersionError": "version", "SKIP_ENV": "version"}
 
-__all__ = ["SKIP_ENV", "SUPPORTED_TRL_VERSION", "TRLVersionError", "check_trl_version", *_LAZY]
+__all__ = [
+    "SKIP_VERSION_CHECK_ENV", "SUPPORTED_TRL_VERSION", "UnsupportedVersionError", "check_trl_version", *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
+    module = _LAZY.get(name) or _DEPRECATED.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)

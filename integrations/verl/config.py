@@ -14,15 +14,15 @@ field or a wrong ``loss_mode`` fails at configuration time, not at the first upd
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
+from rlplugins._config import suggest
 from rlplugins.losses import MaspoConfig
 
 from verl.workers.config import PolicyLossConfig
 
-from .compat import UnsupportedVerlVersion
+from .version import UnsupportedVersionError
 from .losses import DEFAULT_ON_NONFINITE, register_policy_losses
 
 # Importing this module (which Hydra does to resolve the _target_) registers the losses in this process.
@@ -30,7 +30,7 @@ from .losses import DEFAULT_ON_NONFINITE, register_policy_losses
 # it locates a _target_ ("Error locating target ..."), but shows those raised by the constructor.
 try:
     register_policy_losses()
-except UnsupportedVerlVersion:
+except UnsupportedVersionError:
     pass
 
 _D = MaspoConfig()
@@ -71,10 +71,10 @@ class MaspoPolicyLossConfig(PolicyLossConfig):
         if parent is not None:
             parent()
         register_policy_losses()  # idempotent; checks the veRL version first
-        if self.loss_mode != "maspo":
-            close = difflib.get_close_matches(str(self.loss_mode), ["maspo"], n=1, cutoff=0.6)
+        if self.loss_mode not in ("maspo", "rlp_maspo"):  # the alias and the rlp_<core name> rule's name
+            close = suggest(self.loss_mode, ["maspo", "rlp_maspo"])
             hint = (
-                f"Did you mean maspo? Write {FLAG_PREFIX}loss_mode=maspo"
+                f"Did you mean {close}? Write {FLAG_PREFIX}loss_mode={close}"
                 if close
                 else f"Write {FLAG_PREFIX}loss_mode=maspo, or remove {FLAG_PREFIX}_target_ to use another loss"
             )
@@ -108,10 +108,8 @@ def _reject_unknown_fields(cls: type) -> None:
         if unknown:
             hints = []
             for key in unknown:
-                close = difflib.get_close_matches(key, names, n=1)
-                hints.append(
-                    f"'{key}': did you mean +{FLAG_PREFIX}{close[0]}?" if close else f"'{key}': no such field"
-                )
+                close = suggest(key, names)
+                hints.append(f"'{key}': did you mean +{FLAG_PREFIX}{close}?" if close else f"'{key}': no such field")
             maspo_fields = ", ".join(MaspoConfig.field_names())
             raise TypeError(
                 f"{cls.__name__} got unknown field(s) {', '.join(hints)}. "

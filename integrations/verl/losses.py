@@ -1,34 +1,61 @@
 """rlplugins policy losses with veRL 0.9.1's call contract (keyword arguments, bool mask, global batch info).
 
-No loss math here: each function reads its hyper-parameters from veRL's config objects and makes one call of
-``rlplugins.losses.compute_policy_loss``, which aggregates with veRL's ``agg_loss`` semantics using
-``config.global_batch_info`` (the mini-batch's token/sequence counts across DP ranks, written by
+No loss math here: one generated function per registered core loss reads the hyper-parameters from veRL's config
+objects and makes one call of ``rlplugins.losses.compute_policy_loss``, which aggregates with veRL's ``agg_loss``
+semantics using ``config.global_batch_info`` (the mini-batch's token/sequence counts across DP ranks, written by
 ``ppo_loss`` before each micro-batch) and multiplies by ``rollout_is_weights`` before aggregating.
 Metrics come back under ``actor/<core metric name>`` (``actor/ppo_kl``, ``actor/pg_clipfrac`` and
 ``actor/pg_clipfrac_lower`` keep the built-ins' meaning; the gate statistics are new keys).
 
-Names registered in veRL's ``POLICY_LOSS_REGISTRY`` (never one of veRL's own names):
+Names in veRL's ``POLICY_LOSS_REGISTRY`` (never one of veRL's own names), generated from the core registry
+(``rlplugins.losses.list_policy_losses()``), one rule: core loss ``<name>`` is ``loss_mode=rlp_<name>``
+(``rlp_maspo``, ``rlp_sapo``, ``rlp_ppo_clip``, ``rlp_gspo``, ...), plus the alias ``maspo`` for ``rlp_maspo``.
 
-- ``maspo``: MASPO; parameters from ``actor.policy_loss`` (``MaspoPolicyLossConfig`` fields), else defaults.
-- ``rlp_sapo``: SAPO with ``actor.tau_pos`` / ``actor.tau_neg`` that honours ``actor.loss_agg_mode``
-  (veRL's ``sapo`` always aggregates with seq-mean-token-mean).
-- ``rlp_ppo_clip``: PPO clip with ``actor.clip_ratio_low`` / ``clip_ratio_high`` and no dual clip (veRL's
-  ``vanilla`` always applies the dual clip ``actor.clip_ratio_c``).
+Parameters, field by field of the core loss's config dataclass, from the first place that has a value:
+
+1. ``actor.policy_loss.<field>``, when the policy-loss config declares it (``MaspoPolicyLossConfig`` declares
+   MASPO's fields; veRL's own ``PolicyLossConfig`` declares none of ours);
+2. the actor-level veRL flag for the same concept (``ACTOR_FLAGS``): ``eps_low``/``eps_high`` from
+   ``actor.clip_ratio_low``/``clip_ratio_high`` (each falling back to ``actor.clip_ratio``), ``tau_pos``/``tau_neg``
+   from ``actor.tau_pos``/``tau_neg``, as veRL's own losses read them. veRL's ``clip_ratio_c`` is not mapped: it is
+   ``vanilla``'s dual clip, and ``rlp_ppo_clip`` is PPO clip without one (``rlp_dual_clip`` has it, at 3.0);
+3. the core config's default.
+
+So ``rlp_sapo`` honours ``actor.loss_agg_mode`` (veRL's ``sapo`` always aggregates with seq-mean-token-mean), and
+``rlp_clip_higher`` equals ``rlp_ppo_clip`` in veRL (both take the clip range from the actor flags).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping
 
 import torch
 
-from rlplugins.losses import MaspoConfig, PpoClipConfig, SapoConfig, compute_policy_loss
+from rlplugins.losses import MaspoConfig, compute_policy_loss, get_policy_loss, list_policy_losses
 
 # What the adapter does with NaN/inf at valid positions. veRL's own losses let them through and its engine
 # then skips the optimizer step on a non-finite grad norm; "mask" keeps the step, drops only the bad tokens
 # and reports how many as actor/nonfinite_tokens. "raise" stops the run with the first bad index.
 DEFAULT_ON_NONFINITE = "mask"
 METRIC_PREFIX = "actor/"
+ACTOR_FLAG_PREFIX = "actor_rollout_ref.actor."
+POLICY_LOSS_FLAG_PREFIX = ACTOR_FLAG_PREFIX + "policy_loss."
+NAME_PREFIX = "rlp_"
+# veRL name -> core name, beside the rule's names (kept working since they were first released).
+ALIASES: Mapping[str, str] = {"maspo": "maspo"}
+# core config field -> the actor-level veRL flags that carry it, in order of precedence.
+ACTOR_FLAGS: Mapping[str, tuple[str, ...]] = {
+    "eps_low": ("clip_ratio_low", "clip_ratio"),
+    "eps_high": ("clip_ratio_high", "clip_ratio"),
+    "tau_pos": ("tau_pos",),
+    "tau_neg": ("tau_neg",),
+}
+
+
+def verl_name(core_name: str) -> str:
+    """The ``loss_mode`` of core loss ``core_name``: ``rlp_<core_name>``."""
+    return NAME_PREFIX + core_name
 
 
 def _get(obj: Any, key: str, default: Any = None) -> Any:
@@ -43,60 +70,147 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+_DECLARED: dict[type, frozenset[str]] = {}
+
+
+def _declared_fields(obj: Any) -> frozenset[str] | None:
+    """The field names a dataclass config declares (cached per class); None for mappings (DictConfig, dict)."""
+    cls = type(obj)
+    names = _DECLARED.get(cls)
+    if names is None and dataclasses.is_dataclass(obj):
+        names = _DECLARED[cls] = frozenset(f.name for f in dataclasses.fields(obj))
+    return names
+
+
+class ConfigReader:
+    """Reads the core config of ``core_name`` from veRL's actor config, for ``loss_mode=name`` (the rule in the
+    module docstring); the field sources are worked out once, here, not per call.
+
+    An invalid value raises naming the veRL flag it came from (``actor_rollout_ref.actor....``) and the loss_mode.
+    """
+
+    __slots__ = ("core_name", "name", "cls", "sources")
+
+    def __init__(self, core_name: str, name: str | None = None) -> None:
+        self.core_name, self.name = core_name, name or verl_name(core_name)
+        self.cls = get_policy_loss(core_name).config_cls
+        # (field, its policy_loss flag, the actor flags that carry it)
+        self.sources = tuple((f, POLICY_LOSS_FLAG_PREFIX + f, ACTOR_FLAGS.get(f, ())) for f in self.cls.field_names())
+
+    def __call__(self, config: Any) -> Any:
+        policy_loss = _get(config, "policy_loss")
+        declared = _declared_fields(policy_loss) if policy_loss is not None else frozenset()
+        values: dict[str, Any] = {}
+        flags: dict[str, str] = {}
+        for field, policy_loss_flag, actor_flags in self.sources:
+            # veRL's own PolicyLossConfig declares none of our fields: skip the lookups it cannot answer
+            value = _get(policy_loss, field) if declared is None or field in declared else None
+            if value is not None:
+                values[field], flags[field] = value, policy_loss_flag
+                continue
+            for flag in actor_flags:
+                value = _get(config, flag)
+                if value is None:
+                    continue
+                if isinstance(value, str):
+                    try:
+                        value = float(value)
+                    except ValueError:
+                        raise ValueError(f"{ACTOR_FLAG_PREFIX}{flag} must be a number for loss_mode={self.name}, "
+                                         f"got {value!r}") from None
+                values[field], flags[field] = value, ACTOR_FLAG_PREFIX + flag
+                break
+        try:
+            return self.cls(**values)
+        except (TypeError, ValueError) as exc:
+            message = str(exc)
+            for field, flag in flags.items():
+                message = message.replace(f"{self.cls.__name__}.{field}", flag)
+            raise type(exc)(f"{message} (loss_mode={self.name})") from None
+
+
+def core_config_from(core_name: str, config: Any, loss_mode: str | None = None) -> Any:
+    """The core config of ``core_name`` from veRL's actor config (see ``ConfigReader``)."""
+    return ConfigReader(core_name, loss_mode)(config)
+
+
+def global_batch_info_from(config: Any) -> dict[str, Any]:
+    """``config.global_batch_info`` as ``ppo_loss`` filled it; empty (local normalisation) in unit tests."""
+    info = _get(config, "global_batch_info")
+    if not info:
+        return {}
+    return {k: v for k, v in dict(info).items() if v is not None}
+
+
+def make_policy_loss(core_name: str, name: str | None = None) -> Callable[..., tuple[torch.Tensor, dict[str, float]]]:
+    """veRL's policy-loss function for core loss ``core_name``, registered as ``name`` (default ``rlp_<core>``)."""
+    name = name or verl_name(core_name)
+    spec = get_policy_loss(core_name)
+    read_config = ConfigReader(core_name, name)
+
+    def policy_loss(
+        old_log_prob: torch.Tensor,
+        log_prob: torch.Tensor,
+        advantages: torch.Tensor,
+        response_mask: torch.Tensor,
+        loss_agg_mode: str = "token-mean",
+        config: Any = None,
+        rollout_is_weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, metrics = compute_policy_loss(
+            core_name,
+            log_prob=log_prob,
+            old_log_prob=old_log_prob,
+            advantages=advantages,
+            response_mask=response_mask,
+            loss_agg_mode=loss_agg_mode,
+            config=read_config(config),
+            rollout_is_weights=rollout_is_weights,
+            global_batch_info=global_batch_info_from(config),
+            on_nonfinite=str(_get(_get(config, "policy_loss"), "on_nonfinite", DEFAULT_ON_NONFINITE)),
+        )
+        return loss, {METRIC_PREFIX + key: value for key, value in metrics.items()}
+
+    policy_loss.__name__ = policy_loss.__qualname__ = f"{name}_policy_loss"
+    policy_loss.__doc__ = (f"veRL loss_mode={name}: rlplugins' {core_name!r} "
+                           f"({spec.formula or spec.description or spec.config_cls.__name__}).")
+    # Marks our functions so that registration can tell "already ours" (idempotent) from "veRL's own name".
+    policy_loss.__rlplugins_policy_loss__ = (name, core_name)  # type: ignore[attr-defined]
+    return policy_loss
+
+
+def _generate() -> dict[str, tuple[Callable[..., Any], str, Callable[[Any], Any]]]:
+    table = {}
+    for core in list_policy_losses():
+        table[verl_name(core)] = (make_policy_loss(core), core, ConfigReader(core))
+    for alias, core in ALIASES.items():
+        table[alias] = (make_policy_loss(core, alias), core, ConfigReader(core, alias))
+    return table
+
+
+# veRL name -> (function, rlplugins core name, how its parameters are read). Regenerated by
+# register_policy_losses() when a loss was added to the core registry after this module was imported.
+VERL_POLICY_LOSSES: dict[str, tuple[Callable[..., Any], str, Callable[[Any], Any]]] = _generate()
+
+# Old public names (the three losses this module hand-wrote before the table was generated).
+maspo_policy_loss = VERL_POLICY_LOSSES["maspo"][0]
+rlp_sapo_policy_loss = VERL_POLICY_LOSSES["rlp_sapo"][0]
+rlp_ppo_clip_policy_loss = VERL_POLICY_LOSSES["rlp_ppo_clip"][0]
+
+
 def maspo_config_from(config: Any) -> MaspoConfig:
     """MaspoConfig from ``actor.policy_loss``: declared fields of MaspoPolicyLossConfig, unset ones default."""
-    policy_loss = _get(config, "policy_loss")
-    values = {}
-    for name in MaspoConfig.field_names():
-        value = _get(policy_loss, name)
-        if value is not None:
-            values[name] = value
-    return MaspoConfig(**values)
+    return core_config_from("maspo", config, "maspo")
 
 
-ACTOR_FLAG_PREFIX = "actor_rollout_ref.actor."
-
-
-def _from_actor_flags(cls: type, loss_mode: str, values: Mapping[str, tuple[str, Any]]) -> Any:
-    """``cls(**{field: value})`` from veRL actor flags; an invalid value raises naming the veRL flag, not our field.
-
-    ``values``: field -> (the actor flag it comes from, its value)."""
-    kwargs = {}
-    for name, (flag, value) in values.items():
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ValueError(f"{ACTOR_FLAG_PREFIX}{flag} must be a number for loss_mode={loss_mode}, "
-                                 f"got {value!r}") from None
-        kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        message = str(exc)
-        for name, (flag, _) in values.items():
-            message = message.replace(f"{cls.__name__}.{name}", f"{ACTOR_FLAG_PREFIX}{flag}")
-        raise type(exc)(f"{message} (loss_mode={loss_mode})") from None
-
-
-def sapo_config_from(config: Any) -> SapoConfig:
+def sapo_config_from(config: Any) -> Any:
     """SAPO's temperatures from the actor-level fields veRL's own ``sapo`` reads (``actor.tau_pos/tau_neg``)."""
-    default = SapoConfig()
-    return _from_actor_flags(SapoConfig, "rlp_sapo", {
-        "tau_pos": ("tau_pos", _get(config, "tau_pos", default.tau_pos)),
-        "tau_neg": ("tau_neg", _get(config, "tau_neg", default.tau_neg)),
-    })
+    return core_config_from("sapo", config, "rlp_sapo")
 
 
-def ppo_clip_config_from(config: Any) -> PpoClipConfig:
+def ppo_clip_config_from(config: Any) -> Any:
     """PPO clip bounds as veRL's ``vanilla`` reads them (``clip_ratio_low/high``, falling back to ``clip_ratio``)."""
-    default = PpoClipConfig()
-    clip_ratio = _get(config, "clip_ratio", default.eps_low)
-    low, high = _get(config, "clip_ratio_low"), _get(config, "clip_ratio_high")
-    return _from_actor_flags(PpoClipConfig, "rlp_ppo_clip", {
-        "eps_low": ("clip_ratio_low" if low is not None else "clip_ratio", clip_ratio if low is None else low),
-        "eps_high": ("clip_ratio_high" if high is not None else "clip_ratio", clip_ratio if high is None else high),
-    })
+    return core_config_from("ppo_clip", config, "rlp_ppo_clip")
 
 
 def validate_actor_config(actor: Any) -> None:
@@ -127,102 +241,6 @@ def _install_actor_config_check() -> None:
     ActorConfig.__post_init__ = __post_init__  # type: ignore[method-assign]
 
 
-def global_batch_info_from(config: Any) -> dict[str, Any]:
-    """``config.global_batch_info`` as ``ppo_loss`` filled it; empty (local normalisation) in unit tests."""
-    info = _get(config, "global_batch_info")
-    if not info:
-        return {}
-    return {k: v for k, v in dict(info).items() if v is not None}
-
-
-def _call_core(
-    core_name: str,
-    core_config: Any,
-    *,
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str,
-    config: Any,
-    rollout_is_weights: torch.Tensor | None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    loss, metrics = compute_policy_loss(
-        core_name,
-        log_prob=log_prob,
-        old_log_prob=old_log_prob,
-        advantages=advantages,
-        response_mask=response_mask,
-        loss_agg_mode=loss_agg_mode,
-        config=core_config,
-        rollout_is_weights=rollout_is_weights,
-        global_batch_info=global_batch_info_from(config),
-        on_nonfinite=str(_get(_get(config, "policy_loss"), "on_nonfinite", DEFAULT_ON_NONFINITE)),
-    )
-    return loss, {METRIC_PREFIX + key: value for key, value in metrics.items()}
-
-
-def maspo_policy_loss(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config: Any = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """MASPO (arXiv 2602.17550): loss = -A * sg(w) * r, Gaussian gate w on the advantage-direction quadrants."""
-    return _call_core(
-        "maspo", maspo_config_from(config), old_log_prob=old_log_prob, log_prob=log_prob, advantages=advantages,
-        response_mask=response_mask, loss_agg_mode=loss_agg_mode, config=config, rollout_is_weights=rollout_is_weights,
-    )
-
-
-def rlp_sapo_policy_loss(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config: Any = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """SAPO (arXiv 2511.20347): -(4/tau) sigmoid(tau (r-1)) A, aggregated with ``loss_agg_mode``."""
-    return _call_core(
-        "sapo", sapo_config_from(config), old_log_prob=old_log_prob, log_prob=log_prob, advantages=advantages,
-        response_mask=response_mask, loss_agg_mode=loss_agg_mode, config=config, rollout_is_weights=rollout_is_weights,
-    )
-
-
-def rlp_ppo_clip_policy_loss(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config: Any = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO clip: max(-A r, -A clip(r, 1 - clip_ratio_low, 1 + clip_ratio_high)), no dual clip."""
-    return _call_core(
-        "ppo_clip", ppo_clip_config_from(config), old_log_prob=old_log_prob, log_prob=log_prob,
-        advantages=advantages, response_mask=response_mask, loss_agg_mode=loss_agg_mode, config=config,
-        rollout_is_weights=rollout_is_weights,
-    )
-
-
-# veRL name -> (function, rlplugins core name, how its parameters are read).
-VERL_POLICY_LOSSES: Mapping[str, tuple[Callable[..., Any], str, Callable[[Any], Any]]] = {
-    "maspo": (maspo_policy_loss, "maspo", maspo_config_from),
-    "rlp_sapo": (rlp_sapo_policy_loss, "sapo", sapo_config_from),
-    "rlp_ppo_clip": (rlp_ppo_clip_policy_loss, "ppo_clip", ppo_clip_config_from),
-}
-
-for _name, (_fn, _core, _) in VERL_POLICY_LOSSES.items():
-    # Marks our functions so that registration can tell "already ours" (idempotent) from "veRL's own name".
-    _fn.__rlplugins_policy_loss__ = (_name, _core)  # type: ignore[attr-defined]
-
-
 def _is_ours(fn: Any) -> bool:
     return getattr(fn, "__rlplugins_policy_loss__", None) is not None
 
@@ -230,11 +248,15 @@ def _is_ours(fn: Any) -> bool:
 def register_policy_losses() -> list[str]:
     """Add our losses to veRL's registry; idempotent. Returns the names. Never shadows a veRL loss."""
     # Absolute import: veRL's file-path loaders may execute this file outside its package.
-    from rlplugins.integrations.verl.compat import require_supported_verl
+    from rlplugins.integrations.verl.version import check_verl_version
 
-    require_supported_verl()
+    check_verl_version()
     from verl.trainer.ppo import core_algos
 
+    for core in list_policy_losses():  # a loss registered in the core after this module was imported
+        name = verl_name(core)
+        if name not in VERL_POLICY_LOSSES:
+            VERL_POLICY_LOSSES[name] = (make_policy_loss(core), core, ConfigReader(core, name))
     for name, (fn, _, _) in VERL_POLICY_LOSSES.items():
         existing = core_algos.POLICY_LOSS_REGISTRY.get(name)
         if existing is fn:

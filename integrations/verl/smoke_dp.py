@@ -35,7 +35,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import smoke
+from . import smoke_run
+from .cpu_platform import install_cpu_platform, register_cpu_engine
 
 DP_BATCH = 8  # sequences in the mini-batch (one optimizer step), split across the ranks
 DP_MICRO = 2  # ppo_micro_batch_size_per_gpu: gradient accumulation over DP_BATCH / (ranks * DP_MICRO) micro-batches
@@ -95,7 +96,7 @@ def case_name(case: tuple[str, str] | None) -> str:
 
 
 def dp_overrides() -> list[str]:
-    """On top of smoke.cpu_overrides: the DP batch geometry and an optimizer that shows gradient scale."""
+    """On top of smoke_run.cpu_overrides: the DP batch geometry and an optimizer that shows gradient scale."""
     a = "actor_rollout_ref.actor"
     return [
         f"{a}.ppo_mini_batch_size={DP_BATCH}",  # global, as in the trainer; the worker divides by dp_size
@@ -117,7 +118,7 @@ def make_dp_batch(seed: int) -> dict[str, Any]:
 
     g = torch.Generator().manual_seed(seed + 11)
     # with 2 ranks: 14 response tokens on rank 0, 13 on rank 1
-    batch = smoke.rollout_batch([6, 4, 5, 3, 2, 6, 4, 5], [5, 3, 4, 2, 5, 1, 5, 2],
+    batch = smoke_run.rollout_batch([6, 4, 5, 3, 2, 6, 4, 5], [5, 3, 4, 2, 5, 1, 5, 2],
                           [-1.0, 1.0, -0.5, 0.5, 1.5, -1.5, 0.8, -0.3], g)
     mask = batch["response_mask"]
     return {
@@ -150,11 +151,11 @@ def _rank_main(spec_path: str) -> int:
 
     torch.set_num_threads(1)  # N processes share the machine's cores
     torch.manual_seed(spec["seed"])
-    smoke._install_cpu_platform()
-    smoke._register_cpu_engine()
-    from rlplugins.integrations.verl.compat import require_supported_verl
+    install_cpu_platform()
+    register_cpu_engine()
+    from rlplugins.integrations.verl.version import check_verl_version
 
-    require_supported_verl()
+    check_verl_version()
     import torch.distributed as dist
     from hydra import compose, initialize_config_dir
     import verl
@@ -165,7 +166,7 @@ def _rank_main(spec_path: str) -> int:
     from verl.workers.engine_workers import ActorRolloutRefWorker
     from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
 
-    # Before the worker: otherwise veRL builds the backend string "cpu:gloo,cpu:gloo" (see smoke._init_gloo).
+    # Before the worker: otherwise veRL builds the backend string "cpu:gloo,cpu:gloo" (see cpu_platform.init_gloo).
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     tensors = make_dp_batch(spec["seed"])
@@ -181,7 +182,8 @@ def _rank_main(spec_path: str) -> int:
     config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
     results = {}
     for case in spec["cases"]:
-        overrides = [*spec["overrides"], *case["overrides"], *smoke.cpu_overrides(spec["model_dir"]), *dp_overrides()]
+        overrides = [*spec["overrides"], *case["overrides"], *smoke_run.cpu_overrides(spec["model_dir"]),
+                     *dp_overrides()]
         with initialize_config_dir(config_dir=config_dir, version_base=None):
             cfg = compose("ppo_trainer", overrides=overrides)
         actor_config = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
@@ -209,7 +211,7 @@ def _rank_main(spec_path: str) -> int:
         output = worker.update_actor(td)
         after = _full_parameters(worker)
         if rank == 0:
-            metrics = {k: smoke._scalar(v) for k, v in sorted(tu.get(output, "metrics").items())}
+            metrics = {k: smoke_run._scalar(v) for k, v in sorted(tu.get(output, "metrics").items())}
             path = Path(spec["out_dir"]) / f"case{len(results)}.pt"
             torch.save({"before": before, "after": after}, path)
             results[case["name"]] = {
@@ -296,7 +298,7 @@ def run_dp_check(overrides: list[str], cases: list[tuple[str, str] | None], *, n
                          f"{DP_MICRO} on every rank (use 2 or 4)")
     with tempfile.TemporaryDirectory(prefix="rlplugins-verl-dp-") as tmp:
         work = Path(tmp)
-        smoke.build_tiny_model(work / "model", seed)
+        smoke_run.build_tiny_model(work / "model", seed)
         spec = {"model_dir": str(work / "model"), "seed": seed, "overrides": overrides,
                 "cases": [{"name": case_name(c), "overrides": case_overrides(c)} for c in cases]}
         one = launch(1, spec, work, timeout)

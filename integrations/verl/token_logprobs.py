@@ -206,9 +206,9 @@ def install(*, impl: Callable[..., Any] | None = None, device_types: tuple[str, 
     import importlib
     import importlib.util
 
-    from .compat import require_supported_verl
+    from .version import check_verl_version
 
-    require_supported_verl()
+    check_verl_version()
     # The engine module is not imported here: this runs inside ``import verl`` (entry point), where importing
     # the engine would create veRL's device platform too early. A verl module imported later copies the routed
     # function (``from verl.utils.torch_functional import logprobs_from_logits``); loaded ones are rebound below.

@@ -9,9 +9,9 @@ import pytest
 
 from rlplugins.integrations.openrlhf import version
 from rlplugins.integrations.openrlhf.version import (
-    SKIP_ENV,
+    SKIP_VERSION_CHECK_ENV,
     SUPPORTED_OPENRLHF_VERSION,
-    OpenRLHFVersionError,
+    UnsupportedVersionError,
     check_openrlhf_version,
 )
 
@@ -23,19 +23,19 @@ def test_installed_version_is_the_supported_one():
 
 @pytest.mark.parametrize("other", ["0.11.0", "0.11.3", "0.10.1"])
 def test_other_versions_are_refused_naming_both(other, monkeypatch):
-    monkeypatch.delenv(SKIP_ENV, raising=False)
-    with pytest.raises(OpenRLHFVersionError) as err:
+    monkeypatch.delenv(SKIP_VERSION_CHECK_ENV, raising=False)
+    with pytest.raises(UnsupportedVersionError) as err:
         check_openrlhf_version(other)
     message = str(err.value)
     assert f"supports OpenRLHF 0.11.2 only, but OpenRLHF {other} is installed" in message
     assert "pip install 'openrlhf==0.11.2'" in message
-    monkeypatch.setenv(SKIP_ENV, "1")
+    monkeypatch.setenv(SKIP_VERSION_CHECK_ENV, "1")
     assert check_openrlhf_version(other) == other
 
 
 def test_missing_openrlhf_is_named(monkeypatch):
     monkeypatch.setattr(version, "installed_openrlhf_version", lambda: None)
-    with pytest.raises(OpenRLHFVersionError, match="needs OpenRLHF 0.11.2, but OpenRLHF is not installed"):
+    with pytest.raises(UnsupportedVersionError, match="needs OpenRLHF 0.11.2, but OpenRLHF is not installed"):
         check_openrlhf_version()
 
 
@@ -49,11 +49,11 @@ def test_adapter_refuses_to_load_on_another_version():
         "import importlib.metadata as md, sys\n"
         "real = md.version\n"
         "md.version = lambda name: '0.11.0' if name == 'openrlhf' else real(name)\n"
-        "from rlplugins.integrations.openrlhf.version import OpenRLHFVersionError\n"
+        "from rlplugins.integrations.openrlhf.version import UnsupportedVersionError\n"
         f"for mod in {GUARDED!r}:\n"
         "    try:\n"
         "        __import__('rlplugins.integrations.openrlhf.' + mod)\n"
-        "    except OpenRLHFVersionError as exc:\n"
+        "    except UnsupportedVersionError as exc:\n"
         "        print(mod, 'refused:', exc)\n"
         "assert not any(m.startswith('openrlhf') for m in sys.modules)\n"
         "from rlplugins.integrations.openrlhf import train_dpo, train_ppo_ray\n"

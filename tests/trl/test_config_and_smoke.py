@@ -8,7 +8,12 @@ import pathlib
 
 import pytest
 
-from rlplugins.integrations.trl import SKIP_ENV, SUPPORTED_TRL_VERSION, TRLVersionError, check_trl_version
+from rlplugins.integrations.trl import (
+    SKIP_VERSION_CHECK_ENV,
+    SUPPORTED_TRL_VERSION,
+    UnsupportedVersionError,
+    check_trl_version,
+)
 from rlplugins.integrations.trl.dpo import SELECTOR_FIELDS, SageDPOConfig
 from rlplugins.integrations.trl.grpo import (
     LOSS_FIELDS,
@@ -78,13 +83,13 @@ def test_plain_grpo_config_with_our_loss_is_refused(tiny_model_dir):
 
 def test_version_guard(monkeypatch):
     assert check_trl_version() == SUPPORTED_TRL_VERSION
-    monkeypatch.delenv(SKIP_ENV, raising=False)
-    with pytest.raises(TRLVersionError) as err:
+    monkeypatch.delenv(SKIP_VERSION_CHECK_ENV, raising=False)
+    with pytest.raises(UnsupportedVersionError) as err:
         check_trl_version("1.15.2")
-    assert "1.16.0" in str(err.value) and SKIP_ENV in str(err.value) and "1.15.2" in str(err.value)
-    with pytest.raises(TRLVersionError, match="not installed"):
+    assert "1.16.0" in str(err.value) and SKIP_VERSION_CHECK_ENV in str(err.value) and "1.15.2" in str(err.value)
+    with pytest.raises(UnsupportedVersionError, match="not installed"):
         _missing(monkeypatch)
-    monkeypatch.setenv(SKIP_ENV, "1")
+    monkeypatch.setenv(SKIP_VERSION_CHECK_ENV, "1")
     assert check_trl_version("1.17.0") == "1.17.0"
 
 

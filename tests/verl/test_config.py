@@ -103,12 +103,12 @@ def test_without_target_veRL_rejects_our_keys():
 
 
 def test_unsupported_version_message_says_what_to_install():
-    from rlplugins.integrations.verl.compat import UnsupportedVerlVersion, require_supported_verl
+    from rlplugins.integrations.verl.version import UnsupportedVersionError, check_verl_version
 
-    with pytest.raises(UnsupportedVerlVersion, match=r"pip install 'verl\[verl-core\]==0.9.1'") as info:
-        require_supported_verl("0.8.0")
-    assert "verl 0.8.0 is installed" in str(info.value)
-    assert require_supported_verl() == "0.9.1"
+    with pytest.raises(UnsupportedVersionError, match=r"pip install 'verl\[verl-core\]==0.9.1'") as info:
+        check_verl_version("0.8.0")
+    assert "veRL 0.8.0 is installed" in str(info.value)
+    assert check_verl_version() == "0.9.1"
 
 
 # ------------------------------------------------------------------------------- registration routes
@@ -148,7 +148,7 @@ except Exception as exc:
     assert "3 _target_ route: True MaspoPolicyLossConfig 0.5" in out.stdout
     assert "4 module import route: ['maspo', 'rlp_ppo_clip', 'rlp_sapo']" in out.stdout
     # the version error surfaces through Hydra (raised by the constructor, not hidden by _target_ lookup)
-    assert "5 ERROR:" in out.stdout and "verl 0.10.0 is installed" in out.stdout
+    assert "5 ERROR:" in out.stdout and "veRL 0.10.0 is installed" in out.stdout
     assert "pip install 'verl[verl-core]==0.9.1'" in out.stdout
 
 
@@ -185,8 +185,38 @@ def test_file_path_reexecution_of_the_losses_module_stays_idempotent(monkeypatch
     builtin_sapo = core_algos.POLICY_LOSS_REGISTRY["sapo"]
     copy = load_module(losses.__file__)
     assert copy is not losses
-    assert copy.register_policy_losses() == ["maspo", "rlp_sapo", "rlp_ppo_clip"]
+    assert copy.register_policy_losses() == list(losses.VERL_POLICY_LOSSES)
     assert core_algos.POLICY_LOSS_REGISTRY["maspo"] is copy.maspo_policy_loss
-    assert losses.register_policy_losses() == ["maspo", "rlp_sapo", "rlp_ppo_clip"]
+    assert losses.register_policy_losses() == list(losses.VERL_POLICY_LOSSES)
     assert core_algos.POLICY_LOSS_REGISTRY["maspo"] is losses.maspo_policy_loss
     assert core_algos.POLICY_LOSS_REGISTRY["sapo"] is builtin_sapo
+
+
+def test_entry_point_is_lazy_and_a_lookup_still_finds_every_loss(run_python):
+    """``import verl`` with the entry point enabled (the default) loads our plugin but not veRL's core_algos
+    (nor its actor config); the first lookup of a loss by name imports core_algos, which registers ours."""
+    code = """
+import sys
+import verl
+print("plugin loaded:", "rlplugins.integrations.verl.plugin" in sys.modules)
+print("core_algos:", "verl.trainer.ppo.core_algos" in sys.modules)
+print("actor config:", "verl.workers.config.actor" in sys.modules)
+print("our losses module:", "rlplugins.integrations.verl.losses" in sys.modules)
+from verl.trainer.ppo.core_algos import get_policy_loss_fn
+from rlplugins.losses import list_policy_losses
+names = ["maspo", "rlp_sapo", "rlp_ppo_clip", *("rlp_" + n for n in list_policy_losses())]
+print("lookup:", all(get_policy_loss_fn(n).__module__ == "rlplugins.integrations.verl.losses" for n in names))
+from verl.workers.config import FSDPActorConfig, PolicyLossConfig
+try:
+    FSDPActorConfig(strategy="fsdp2", rollout_n=1, ppo_micro_batch_size_per_gpu=2, tau_pos=-1.0,
+                    policy_loss=PolicyLossConfig(loss_mode="rlp_sapo"))
+except ValueError as exc:
+    print("actor check:", exc)
+"""
+    out = run_python(code)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "plugin loaded: True" in out.stdout
+    assert "core_algos: False" in out.stdout and "actor config: False" in out.stdout
+    assert "our losses module: False" in out.stdout
+    assert "lookup: True" in out.stdout
+    assert "actor check:" in out.stdout and "actor_rollout_ref.actor.tau_pos" in out.stdout

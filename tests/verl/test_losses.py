@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, get_policy_loss_fn
@@ -18,6 +18,8 @@ from verl.workers.config import FSDPActorConfig, PolicyLossConfig
 import rlplugins.integrations.verl as adapter
 from rlplugins.losses import (
     AGG_MODES,
+    get_policy_loss,
+    list_policy_losses,
     CispoConfig,
     GspoConfig,
     MaspoConfig,
@@ -30,7 +32,7 @@ from rlplugins.losses import (
 adapter.register_policy_losses()
 from rlplugins.integrations.verl.config import MaspoPolicyLossConfig  # noqa: E402
 
-OUR_NAMES = ("maspo", "rlp_sapo", "rlp_ppo_clip")
+OUR_NAMES = tuple(adapter.VERL_POLICY_LOSSES)
 
 
 def actor_config(policy_loss=None, **kw) -> FSDPActorConfig:
@@ -141,6 +143,59 @@ def test_registration_refuses_to_overwrite_a_foreign_loss(monkeypatch):
     with pytest.raises(RuntimeError, match="already registers a policy loss named 'maspo'"):
         adapter.register_policy_losses()
     assert POLICY_LOSS_REGISTRY["maspo"] is someone_elses_maspo
+
+
+def test_names_follow_one_rule_generated_from_the_core_registry():
+    core = list_policy_losses()
+    assert set(OUR_NAMES) == {f"rlp_{name}" for name in core} | {"maspo"}
+    assert {"maspo", "rlp_sapo", "rlp_ppo_clip"} <= set(POLICY_LOSS_REGISTRY)  # the names released first
+    assert adapter.VERL_POLICY_LOSSES["maspo"][1] == "maspo"  # the alias runs the same core loss as rlp_maspo
+    assert POLICY_LOSS_REGISTRY["maspo"].__name__ == "maspo_policy_loss"
+    for name in core:
+        fn, core_name, _ = adapter.VERL_POLICY_LOSSES[f"rlp_{name}"]
+        assert core_name == name and get_policy_loss_fn(f"rlp_{name}") is fn
+    # one generated wrapper, no hand-written ones: every entry runs make_policy_loss's code
+    generated = adapter.make_policy_loss("pg").__code__
+    assert all(fn.__code__ is generated for fn, _, _ in adapter.VERL_POLICY_LOSSES.values())
+
+
+# actor-level veRL flags, and the core field each one carries under the naming rule's parameter mapping
+_ACTOR_VALUES = {"clip_ratio_low": 0.15, "clip_ratio_high": 0.3, "tau_pos": 0.7, "tau_neg": 1.3, "clip_ratio_c": 2.5}
+_FIELD_FROM_FLAG = {"eps_low": "clip_ratio_low", "eps_high": "clip_ratio_high", "tau_pos": "tau_pos",
+                    "tau_neg": "tau_neg"}
+
+
+@pytest.mark.parametrize("core_name", list_policy_losses())
+@settings(max_examples=15, deadline=None)
+@given(data=batches())
+def test_every_core_loss_through_veRLs_registry_equals_the_core(core_name, data):
+    spec = get_policy_loss(core_name)
+    expected = spec.config_cls(**{f: _ACTOR_VALUES[flag] for f, flag in _FIELD_FROM_FLAG.items()
+                                  if f in spec.config_cls.field_names()})
+    assert expected.to_dict().get("dual_clip") == spec.config_cls().to_dict().get("dual_clip")  # clip_ratio_c unused
+    loss, grad, metrics = call_verl(f"rlp_{core_name}", data, actor_config(**_ACTOR_VALUES))
+    ref_loss, ref_grad, ref_metrics = call_core(core_name, data, expected)
+    assert_close(loss, ref_loss, "loss")
+    assert_close(grad, ref_grad, "grad")
+    assert metrics == {f"actor/{k}": v for k, v in ref_metrics.items()}
+
+
+def test_a_loss_registered_in_the_core_later_is_reachable_after_registering_again(monkeypatch):
+    from rlplugins.losses import registry
+    from verl.trainer.ppo import core_algos
+
+    import rlplugins.integrations.verl.losses as losses
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(losses, "VERL_POLICY_LOSSES", dict(losses.VERL_POLICY_LOSSES))
+    monkeypatch.setattr(core_algos, "POLICY_LOSS_REGISTRY", dict(core_algos.POLICY_LOSS_REGISTRY))
+    pg = registry._REGISTRY["pg"]
+    registry.register_policy_loss("my_pg", config_cls=pg.config_cls)(pg.fn)
+    assert "rlp_my_pg" in losses.register_policy_losses()
+    data = dict(old=torch.full((2, 3), -1.0), new=torch.full((2, 3), -0.9), adv=torch.ones(2, 3),
+                mask=torch.ones(2, 3, dtype=torch.bool), weights=None, gbi={}, mode="token-mean")
+    loss, _, _ = call_verl("rlp_my_pg", data, actor_config())
+    assert_close(loss, call_core("pg", data, PgConfig())[0], "rlp_my_pg")
 
 
 # ------------------------------------------------------------------------------------- ours == core

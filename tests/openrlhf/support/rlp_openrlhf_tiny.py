@@ -8,27 +8,8 @@ from typing import Any
 
 import torch
 
-VOCAB = 128
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
-
-
-def build_tiny_llama(path: str, seed: int = 0) -> None:
-    """A 2-layer Llama (hidden 64) with a whitespace WordLevel tokenizer over words w0..w123, saved to ``path``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
-    vocab.update({f"w{i}": i + len(SPECIALS) for i in range(VOCAB - len(SPECIALS))})
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                        pad_token="<pad>", unk_token="<unk>")
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+# The model is the one every adapter check uses (rlplugins.integrations.tiny_llama; also `rlplugins verl-smoke`).
+from rlplugins.integrations.tiny_llama import SPECIALS, VOCAB, build_tiny_llama  # noqa: F401
 
 
 def load_actor(path: str):
