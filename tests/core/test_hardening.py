@@ -281,11 +281,11 @@ def test_huge_ints_are_reported_as_not_finite(value):
         MaspoConfig(alpha=value)
 
 
-def test_prompt_group_state_without_histories_names_the_missing_keys():
+def test_prompt_group_state_without_its_prompts_names_the_missing_keys():
     sel = PromptGroupSelector(PromptGroupSelectorConfig())
     state = sel.state_dict()
-    del state["histories"]
-    with pytest.raises(ValueError, match=r"PromptGroupSelector state lacks key\(s\) histories: pass the dict returned"):
+    del state["prompts"]
+    with pytest.raises(ValueError, match=r"PromptGroupSelector state lacks key\(s\) prompts: pass the dict returned"):
         sel.load_state_dict(state)
 
 
