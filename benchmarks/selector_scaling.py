@@ -1,8 +1,8 @@
 """How the selectors' bookkeeping scales with the number of pairs (no model: margins are synthetic).
 
-    .venv/bin/python benchmarks/selectors.py                         # pool sizes 1e4, 1e5, 1e6
-    .venv/bin/python benchmarks/selectors.py --sizes 10000 --steps 50
-    .venv/bin/python benchmarks/selectors.py --ref /path/to/older/checkout     # also time that rlplugins, same run
+    .venv/bin/python benchmarks/selector_scaling.py                         # pool sizes 1e4, 1e5, 1e6
+    .venv/bin/python benchmarks/selector_scaling.py --sizes 10000 --steps 50
+    .venv/bin/python benchmarks/selector_scaling.py --ref /path/to/older/checkout     # also time that rlplugins, same run
 
 Every case runs in its own fresh process (peak memory is that process's peak RSS minus its RSS after importing torch
 and building the inputs). Cases, per pool size N (batch 128, selection ratio 0.5, three difficulty tiers):
@@ -19,7 +19,7 @@ than the wall time, which is recorded too) and the slowest step (wall); in pool 
 (every 10 steps, O(pool)) and the median is a step between rounds; for the pool case also one scoring round (the whole first level, about N/3 pairs with 10% of the next tier)
 fed at once vs in chunks of 64 (CPU time; both include finalising the round, an O(pool) selection); save = ``state_dict`` + ``torch.save`` to memory, load = ``torch.load`` +
 ``load_state_dict`` into a fresh selector (for ``prompts``: ``state_dict`` + ``json.dumps`` and ``json.loads`` +
-``load_state_dict``, as veRL's buffer checkpoints it). Writes ``benchmarks/results/selectors.{json,png,md}``.
+``load_state_dict``, as veRL's buffer checkpoints it). Writes ``benchmarks/results/selector_scaling.{json,png,md}``.
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--out", default=os.path.join(RESULTS, "selectors"))
+    ap.add_argument("--out", default=os.path.join(RESULTS, "selector_scaling"))
     ap.add_argument("--ref", default=None, help="also run every case with rlplugins imported from this checkout")
     ap.add_argument("--note", default="", help="a line written above the table (e.g. the machine's load)")
     ap.add_argument("--child", nargs=3, metavar=("CASE", "N", "STEPS"), help=argparse.SUPPRESS)
@@ -281,10 +281,10 @@ def main() -> None:
     with open(args.out + ".json", "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     with open(args.out + ".md", "w") as f:
-        f.write("# Selector scaling (benchmarks/selectors.py)\n\n")
+        f.write("# Selector scaling (benchmarks/selector_scaling.py)\n\n")
         f.write(f"CPU, one thread, torch {meta['torch']}, batch {BATCH}, {args.steps} timed steps per case, each case "
-                "in a fresh process. Command: `.venv/bin/python benchmarks/selectors.py`. Columns: module docstring "
-                "of `benchmarks/selectors.py`.\n\n")
+                "in a fresh process. Command: `.venv/bin/python benchmarks/selector_scaling.py`. Columns: module docstring "
+                "of `benchmarks/selector_scaling.py`.\n\n")
         if args.note:
             f.write(args.note + "\n\n")
         f.write(table + "\n")
