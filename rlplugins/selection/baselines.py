@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from rlplugins._config import check_choice
+
 from ._checks import check_float_vector
 from ._rng import take_random, top_k_random_ties
 from .base import PairSelector, ScoreFn
@@ -48,8 +50,7 @@ class UniformSelector(PairSelector):
         score_fn: ScoreFn | None = None,
         name: str | None = None,
     ) -> None:
-        if mode not in UNIFORM_MODES:
-            raise ValueError(f"mode must be one of {UNIFORM_MODES}, got {mode!r}")
+        check_choice("", "mode", mode, UNIFORM_MODES)
         super().__init__(
             num_pairs=num_pairs,
             batch_size=batch_size,
@@ -123,8 +124,7 @@ class StaticScoreSelector(PairSelector):
         external_margins: torch.Tensor | None = None,
         name: str | None = None,
     ) -> None:
-        if criterion not in STATIC_CRITERIA:
-            raise ValueError(f"criterion must be one of {STATIC_CRITERIA}, got {criterion!r}")
+        check_choice("", "criterion", criterion, STATIC_CRITERIA)
         super().__init__(
             num_pairs=num_pairs,
             batch_size=batch_size,

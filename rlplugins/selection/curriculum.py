@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from rlplugins._config import check_int
+
 from ._rng import make_generator, mix_seed, take_random
 
 # Salt of the random tie-break of the easiest-first order (shared by SAGE's schedule and the baselines).
@@ -25,8 +27,7 @@ def tiers_from_difficulty(difficulty: torch.Tensor, num_tiers: int) -> torch.Ten
     ``tier = #{j : d > q_j}`` with ``q_j`` the ``j / num_tiers`` quantile (linear interpolation), so tiers are monotone
     in d, equal difficulties share a tier, and with ``N > num_tiers`` distinct values every tier is non-empty.
     """
-    if isinstance(num_tiers, bool) or not isinstance(num_tiers, int) or num_tiers < 1:
-        raise ValueError(f"num_tiers must be an int >= 1, got {num_tiers!r}")
+    num_tiers = int(check_int("", "num_tiers", num_tiers, low=1))
     if not isinstance(difficulty, torch.Tensor) or not difficulty.is_floating_point():
         raise TypeError(f"difficulty must be a floating torch.Tensor, got {type(difficulty).__name__}")
     if difficulty.dim() != 1:

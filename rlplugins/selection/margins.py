@@ -13,18 +13,12 @@ Log-probs are sums over response tokens (as DPO and OpenRLHF's ``_get_batch_logp
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from rlplugins._config import check_choice, check_number
 
 from ._checks import check_logps
 from .config import MARGIN_SOURCES
-
-
-def _check_beta(beta: object) -> float:
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
-        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
-    return float(beta)
 
 
 def pair_margins(
@@ -36,9 +30,8 @@ def pair_margins(
     source: str = "implicit",
 ) -> torch.Tensor:
     """Margin per pair from ``source`` (module docstring), CPU float64 ``[N]``; non-finite inputs give non-finite u."""
-    beta = _check_beta(beta)
-    if source not in MARGIN_SOURCES:
-        raise ValueError(f"source must be one of {MARGIN_SOURCES}, got {source!r}")
+    beta = float(check_number("", "beta", beta, low=0.0, low_inclusive=False))
+    check_choice("", "source", source, MARGIN_SOURCES)
     pc, pr, rc, rr = check_logps(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     with torch.no_grad():
         if source == "policy":

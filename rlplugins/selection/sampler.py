@@ -12,6 +12,8 @@ from typing import Any
 
 from torch.utils.data import Sampler
 
+from rlplugins._config import check_int
+
 from .base import PairSelector
 
 
@@ -36,9 +38,8 @@ class SageSampler(Sampler[int]):
         b = selector.batch_size
         if num_samples is None:
             num_samples = (selector.shard.numel() // b) * b
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int):
-            raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
-        if num_samples <= 0 or num_samples % b:
+        num_samples = int(check_int("", "num_samples", num_samples, low=1))
+        if num_samples % b:
             raise ValueError(f"num_samples must be a positive multiple of selector.batch_size={b}, got {num_samples}")
         self.selector = selector
         self.num_samples = num_samples
@@ -62,11 +63,9 @@ class SageSampler(Sampler[int]):
         return self._batches_done * b + self._skip
 
     def set_epoch(self, epoch: int, consumed_samples: int | None = None) -> None:
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        if consumed_samples is not None and (isinstance(consumed_samples, bool) or not isinstance(consumed_samples, int)
-                                             or consumed_samples < 0):
-            raise ValueError(f"consumed_samples must be an int >= 0, got {consumed_samples!r}")
+        epoch = int(check_int("", "epoch", epoch, low=0))
+        if check_int("", "consumed_samples", consumed_samples, low=0, allow_none=True) is not None:
+            consumed_samples = int(consumed_samples)
         if self._restored and epoch == self._epoch:
             # A restored state already positions this epoch (OpenRLHF calls set_epoch after loading); the trainer's
             # own count can only move it back over indices handed out but never trained on (prefetch).

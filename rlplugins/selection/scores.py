@@ -19,6 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from rlplugins._config import check_choice
+
 from ._checks import check_float_vector
 from .config import SCORE_VARIANTS, SageConfig
 from .margins import implicit_margins, pair_margins  # noqa: F401  (implicit_margins: re-exported, its old home)
@@ -56,8 +58,7 @@ def score_from_margin(
     ``u`` is clipped to ``[-margin_clip, margin_clip]`` first, so a few extreme (possibly mislabelled) pairs cannot
     dominate a sampling distribution.
     """
-    if variant not in SCORE_VARIANTS:
-        raise ValueError(f"variant must be one of {SCORE_VARIANTS}, got {variant!r}")
+    check_choice("", "variant", variant, SCORE_VARIANTS)
     if not isinstance(u, torch.Tensor) or not u.is_floating_point():
         raise TypeError(f"u must be a floating torch.Tensor, got {type(u).__name__}")
     u = u.detach().to("cpu", torch.float64)
