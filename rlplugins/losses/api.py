@@ -177,6 +177,9 @@ def _policy_loss(spec, cfg, log_prob: torch.Tensor, lp: torch.Tensor, old: torch
         loss_mat = tok.loss if weights is None else tok.loss * weights
         return agg_loss(loss_mat, valid, loss_agg_mode, **gbi), tok
     needs_grad = log_prob.requires_grad and torch.is_grad_enabled()
+    if needs_grad and loss_agg_mode == "token-mean" and "batch_num_tokens" not in gbi and gbi.get("dp_size", 1) == 1:
+        # the valid-token count agg_loss and agg_grad_scale would each take: counted once (the same int64 tensor)
+        gbi = {**gbi, "batch_num_tokens": torch.count_nonzero(valid)}
     with torch.no_grad():
         tok = spec.fn(lp.detach(), old, adv, cfg, response_mask=valid)
         loss_mat = tok.loss if weights is None else tok.loss * weights
@@ -459,13 +462,12 @@ def _metric_vector(tok: TokenLoss, log_ratio: torch.Tensor, adv: torch.Tensor, v
     terms with the float mask (masked positions contribute finite * 0 = 0); the max/min over valid tokens multiply
     by the mask (ratio > 0) or select +inf; ``eff_weight_mean`` is a NaN-skipping sum of ``|g / A|`` (0/0 = NaN
     exactly where A = 0, masked included). One float64 vector at the end: one host sync for all."""
-    dtype, device = log_ratio.dtype, log_ratio.device
+    dtype = log_ratio.dtype
     if vf is None:
         vf = valid.to(dtype)
     ratio, gate, grad = (t if t.dtype == dtype else t.to(dtype) for t in (tok.ratio, tok.gate, tok.grad_logp))
     if masked:
         ratio, gate, grad = (torch.where(valid, t, fill) for t, fill in ((ratio, 1.0), (gate, 1.0), (grad, 0.0)))
-    zero = torch.zeros((), dtype=dtype, device=device)
     # Flags zero at masked positions already: the valid mask, and the quadrants when built here from adv (0 there).
     quadrants = tok.quadrants if tok.quadrants is not None else ((adv > 0) & (ratio > 1), (adv < 0) & (ratio < 1))
     flags = [valid, (gate < 0.5) & valid, *(q if tok.quadrants is None else q & valid for q in quadrants)]
@@ -485,9 +487,9 @@ def _metric_vector(tok: TokenLoss, log_ratio: torch.Tensor, adv: torch.Tensor, v
     terms[2].copy_(gate)
     sums = torch.mv(terms.reshape(3, -1), vf.reshape(-1))
     others = torch.stack([
-        (ratio * vf).amax() if ratio.numel() else zero,  # ratio > 0
+        (ratio * vf).amax() if ratio.numel() else vf.new_zeros(()),  # ratio > 0
         # _BIG - _BIG * vf: 0 at valid tokens (exact: gate + 0 = gate), _BIG at masked ones
-        torch.rsub(vf, _BIG, alpha=_BIG).add_(gate).amin() if gate.numel() else zero,
+        torch.rsub(vf, _BIG, alpha=_BIG).add_(gate).amin() if gate.numel() else vf.new_zeros(()),
         torch.nansum((grad / adv).abs_()),
         torch.count_nonzero(adv).to(dtype),
         *extra,
