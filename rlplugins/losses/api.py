@@ -177,6 +177,9 @@ def _policy_loss(spec, cfg, log_prob: torch.Tensor, lp: torch.Tensor, old: torch
         loss_mat = tok.loss if weights is None else tok.loss * weights
         return agg_loss(loss_mat, valid, loss_agg_mode, **gbi), tok
     needs_grad = log_prob.requires_grad and torch.is_grad_enabled()
+    if needs_grad and loss_agg_mode == "token-mean" and "batch_num_tokens" not in gbi and gbi.get("dp_size", 1) == 1:
+        # the valid-token count agg_loss and agg_grad_scale would each take: counted once (the same int64 tensor)
+        gbi = {**gbi, "batch_num_tokens": torch.count_nonzero(valid)}
     with torch.no_grad():
         tok = spec.fn(lp.detach(), old, adv, cfg, response_mask=valid)
         loss_mat = tok.loss if weights is None else tok.loss * weights
@@ -409,9 +412,10 @@ def _fast_policy_loss(spec, cfg, log_prob: torch.Tensor, old: torch.Tensor, adv:
     Why it is exact: with every input finite and A = 0 at masked positions, a built-in loss gives finite values and
     derivatives there (``spec.finite_safe``), so ``agg_loss``'s where() leaves them out of the loss, the backward's
     where() (or, for a loss without ``analytic_grad``, 0 times a finite derivative) gives them exactly zero gradient,
-    and at valid positions every operation is the masked path's, bit for bit. One read-only reduction,
-    ``sum(logp - logp_old + A (+ w))``, is non-finite iff an element is (or a sum overflows, which also takes the
-    exact path): it replaces the per-position finiteness scan and the masking copies of log_prob and old_log_prob."""
+    and at valid positions every operation is the masked path's, bit for bit. A few read-only reductions,
+    ``sum(logp - logp_old) + sum(A) (+ sum(w))``, are non-finite iff an element is (or a sum overflows, which also
+    takes the exact path): they replace the per-position finiteness scan and
+    the masking copies of log_prob and old_log_prob."""
     dtype = old.dtype
     lp = _detached(log_prob, dtype) if spec.analytic_grad else log_prob.to(dtype)
     vf = valid.to(dtype)
@@ -420,10 +424,9 @@ def _fast_policy_loss(spec, cfg, log_prob: torch.Tensor, old: torch.Tensor, adv:
                              spec.analytic_grad, vf)
     with torch.no_grad():
         log_ratio = (lp.detach() if lp.requires_grad else lp) - old
-        probe = log_ratio + adv
-        if weights is not None:
-            probe += weights
-        extra = [probe.sum()]
+        # non-finite iff an element is (or a sum overflows): sum(logp - logp_old) + sum(A) (+ sum(w))
+        probe = log_ratio.sum() + adv.sum()
+        extra = [probe if weights is None else probe + weights.sum()]
         count = _local_count(gbi, valid, loss_agg_mode)
         if count is not None:
             extra.append(count[2].to(dtype))
@@ -459,13 +462,12 @@ def _metric_vector(tok: TokenLoss, log_ratio: torch.Tensor, adv: torch.Tensor, v
     terms with the float mask (masked positions contribute finite * 0 = 0); the max/min over valid tokens multiply
     by the mask (ratio > 0) or select +inf; ``eff_weight_mean`` is a NaN-skipping sum of ``|g / A|`` (0/0 = NaN
     exactly where A = 0, masked included). One float64 vector at the end: one host sync for all."""
-    dtype, device = log_ratio.dtype, log_ratio.device
+    dtype = log_ratio.dtype
     if vf is None:
         vf = valid.to(dtype)
     ratio, gate, grad = (t if t.dtype == dtype else t.to(dtype) for t in (tok.ratio, tok.gate, tok.grad_logp))
     if masked:
         ratio, gate, grad = (torch.where(valid, t, fill) for t, fill in ((ratio, 1.0), (gate, 1.0), (grad, 0.0)))
-    zero = torch.zeros((), dtype=dtype, device=device)
     # Flags zero at masked positions already: the valid mask, and the quadrants when built here from adv (0 there).
     quadrants = tok.quadrants if tok.quadrants is not None else ((adv > 0) & (ratio > 1), (adv < 0) & (ratio < 1))
     flags = [valid, (gate < 0.5) & valid, *(q if tok.quadrants is None else q & valid for q in quadrants)]
@@ -478,12 +480,17 @@ def _metric_vector(tok: TokenLoss, log_ratio: torch.Tensor, adv: torch.Tensor, v
             counts = torch.cat([counts[:4], missing, counts[4:]])
         else:
             counts = torch.cat([counts, missing])
-    terms = torch.stack([torch.clamp(log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP), ratio, gate])
+    # torch.stack's values, the clamp written in place: one buffer, no temporary
+    terms = log_ratio.new_empty((3, *log_ratio.shape))
+    torch.clamp(log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP, out=terms[0])
+    terms[1].copy_(ratio)
+    terms[2].copy_(gate)
     sums = torch.mv(terms.reshape(3, -1), vf.reshape(-1))
     others = torch.stack([
-        (ratio * vf).amax() if ratio.numel() else zero,  # ratio > 0
-        (gate + (1 - vf) * _BIG).amin() if gate.numel() else zero,  # exact at valid tokens: gate + 0
-        torch.nansum((grad / adv).abs()),
+        (ratio * vf).amax() if ratio.numel() else vf.new_zeros(()),  # ratio > 0
+        # _BIG - _BIG * vf: 0 at valid tokens (exact: gate + 0 = gate), _BIG at masked ones
+        torch.rsub(vf, _BIG, alpha=_BIG).add_(gate).amin() if gate.numel() else vf.new_zeros(()),
+        torch.nansum((grad / adv).abs_()),
         torch.count_nonzero(adv).to(dtype),
         *extra,
     ])

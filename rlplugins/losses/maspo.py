@@ -23,7 +23,7 @@ import torch
 
 from .config import MaspoConfig
 from .registry import register_policy_loss
-from .token_loss import LOG_RATIO_CLAMP, TokenLoss, apply_dual_clip, clamped_log_ratio, masked_by
+from .token_loss import LOG_RATIO_CLAMP, TokenLoss, apply_dual_clip, clamped_log_ratio
 
 # Finiteness guards of the paper variant: e^50 * 1e4 stays far below the float32 maximum (~3.4e38),
 # and sigma <= e^60 keeps (rho - 1) / sigma finite. Neither binds for realistic inputs.
@@ -72,7 +72,8 @@ def maspo_gate(
     ratio: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, config: MaspoConfig,
     quadrants: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The detached gate ``w`` (1 outside the gated quadrants; ``quadrants``: ``maspo_quadrants``, if computed)."""
+    """The detached gate ``w`` (1 outside the gated quadrants; ``quadrants``: ``maspo_quadrants``, if computed).
+    At a token whose ratio or width is NaN (a NaN input; the loss is NaN there too) the gate is NaN."""
     with torch.no_grad():
         r = ratio.detach()
         sigma_pos, sigma_neg = maspo_widths(old_log_prob, advantages, config)
@@ -80,11 +81,16 @@ def maspo_gate(
         # The width of the token's quadrant first, then one Gaussian: elementwise the same operations as
         # evaluating both branches and selecting, so the same bits, at half the cost.
         sigma = torch.where(in_pos, sigma_pos, sigma_neg)
+        # 1 outside the quadrants without a select: there r - 1 is multiplied by 0, so the exponent is -0 and
+        # exp(-0) = 1 exactly; inside, by 1 (exact). Equal to where(in_pos | in_neg, w, 1) wherever r and sigma
+        # are finite (always, for finite inputs: r is a clamped exp, sigma a clamped width); in-place steps on
+        # temporaries are the same operations, without the allocations.
+        d = r - 1
+        d.mul_((in_pos | in_neg).to(d.dtype))
         if config.variant == "official":
-            w = torch.exp(-((r - 1) ** 2) / 2 / sigma**2)
-        else:  # divide before squaring: sigma may be huge
-            w = torch.exp(-0.5 * ((r - 1) / sigma) ** 2)
-        return torch.where(in_pos | in_neg, w, 1.0)
+            return d.pow_(2).neg_().div_(2).div_(sigma.pow_(2)).exp_()  # exp(-((r - 1) ** 2) / 2 / sigma**2)
+        # divide before squaring: sigma may be huge
+        return d.div_(sigma).pow_(2).mul_(-0.5).exp_()  # exp(-0.5 * ((r - 1) / sigma) ** 2)
 
 
 @register_policy_loss(
@@ -107,7 +113,7 @@ def maspo_token_loss(
     loss = neg_adv * (w * ratio)  # w is exactly 1 outside the quadrants, so this is -A * r there, bit for bit
     with torch.no_grad():
         r = ratio.detach()
-        grad = torch.where(passes, neg_adv * w * r, 0.0)
+        grad = torch.where(passes, (neg_adv * w).mul_(r), 0.0)
         # The official code logs PPO's eps = 0.2 and c = 3 clip fractions in maspo mode without applying them;
         # we report the same diagnostics so dashboards stay comparable.
         a_pos, a_neg = signs
@@ -115,7 +121,7 @@ def maspo_token_loss(
         dual_would_clip = (r > PPO_DIAGNOSTIC_DUAL_CLIP) & a_neg
 
     def vjp(up: torch.Tensor) -> torch.Tensor:  # autograd's order: mul by -A, by w, exp's r, clamp's mask
-        return masked_by(up * neg_adv * w * r, passes)
+        return (up * neg_adv).mul_(w).mul_(r).mul_(passes.to(up.dtype))  # masked_by(...), in place
 
     loss, grad, w, hit, vjp = apply_dual_clip(loss, advantages, grad, w, config.dual_clip, vjp)
     return TokenLoss(loss=loss, grad_logp=grad, gate=w, ratio=r, clipped=ppo_would_clip,

@@ -40,8 +40,14 @@ class PolicyLossSpec:
 
     def make_config(self, config: PolicyLossConfig | Mapping[str, Any] | None = None) -> PolicyLossConfig:
         """Defaults for None, validation for a mapping, a type check for an instance."""
-        if config is None:
-            return self.config_cls()
+        if config is None:  # a frozen config: one default instance per class, built (and validated) once
+            default = _DEFAULT_CONFIGS.get(self.config_cls)
+            if default is None:
+                default = self.config_cls()
+                params = getattr(self.config_cls, "__dataclass_params__", None)
+                if params is not None and params.frozen:
+                    _DEFAULT_CONFIGS[self.config_cls] = default
+            return default
         if isinstance(config, self.config_cls):
             return config
         if isinstance(config, PolicyLossConfig):
@@ -58,6 +64,7 @@ class PolicyLossSpec:
 
 
 _REGISTRY: dict[str, PolicyLossSpec] = {}
+_DEFAULT_CONFIGS: dict[type, PolicyLossConfig] = {}
 
 
 def register_policy_loss(

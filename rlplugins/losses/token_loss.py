@@ -76,17 +76,18 @@ def apply_dual_clip(
         return (loss, grad_logp, gate, None) if vjp is None else (loss, grad_logp, gate, None, vjp)
     cap = -advantages * c
     capped = torch.minimum(loss, cap)
-    new_loss = torch.where(advantages < 0, capped, loss)
     with torch.no_grad():
-        hit = (advantages < 0) & (loss > cap)
-        grad_logp = torch.where(hit, torch.zeros_like(grad_logp), grad_logp)
-        gate = torch.where(hit, torch.zeros_like(gate), gate)
+        neg = advantages < 0
+    new_loss = torch.where(neg, capped, loss)
+    with torch.no_grad():
+        hit = neg & (loss > cap)
+        grad_logp = torch.where(hit, 0.0, grad_logp)
+        gate = torch.where(hit, 0.0, gate)
     if vjp is None:
         return new_loss, grad_logp, gate, hit
     with torch.no_grad():
-        neg = advantages < 0
         tie = neg & (loss == cap)
-        above = neg & (loss > cap)
+        above = hit
 
     def dual_vjp(up: torch.Tensor) -> torch.Tensor:
         # where() and minimum()'s backward: A >= 0 passes up; A < 0 passes it where l < cap, half at a tie, 0 above.

@@ -119,6 +119,32 @@ def test_gate_in_unit_interval_and_one_outside_quadrants(batch, variant):
     assert (w[outside] == 1).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gate_bits_equal_the_official_weights_at_edge_inputs(dtype):
+    # The gate is computed without a select (the exponent is zeroed outside the quadrants): it must still equal the
+    # official code's weights bit for bit in the quadrants and be exactly 1 elsewhere, at r == 1, A == +-0, at the
+    # +-20 log-ratio clamp and at the clip bounds.
+    g = torch.Generator().manual_seed(3)
+    old = -torch.rand(4096, generator=g, dtype=dtype) * 6 - 1e-3
+    log_ratio = torch.randn(4096, generator=g, dtype=dtype) * 0.5
+    log_ratio[:8] = torch.tensor([0.0, 0.0, 25.0, -25.0, 20.0, -20.0, 1e-9, -1e-9], dtype=dtype)
+    adv = torch.randn(4096, generator=g, dtype=dtype)
+    adv[:12] = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 0.0, -0.0, 1e30, -1e30], dtype=dtype)
+    logp = old + log_ratio
+    tok = token_policy_loss("maspo", log_prob=logp, old_log_prob=old, advantages=adv)
+    r = torch.exp(torch.clamp(logp - old, -20.0, 20.0))
+    mass = torch.clamp(1.0 / torch.exp(old) ** 0.3, 1.0, 10.0)
+    sigma_neg = mass * torch.clamp(1 / (1 - 0.03 * adv), 0.1, 10.0)
+    sigma_pos = mass * torch.clamp(1 + 0.03 * adv, 0.1, 10.0)
+    w = torch.ones_like(r)
+    pos, neg = (adv > 0) & (r > 1), (adv < 0) & (r < 1)
+    w = torch.where(neg, torch.exp(-(r - 1) ** 2 / 2 / sigma_neg**2), w)
+    w = torch.where(pos, torch.exp(-(r - 1) ** 2 / 2 / sigma_pos**2), w)
+    bits = torch.int32 if dtype == torch.float32 else torch.int64
+    assert torch.equal(tok.gate.view(bits), w.view(bits))
+    assert (tok.gate[~(pos | neg)] == 1).all() and pos.any() and neg.any()
+
+
 def _gate_1d(rho, logp_old, adv, cfg=MaspoConfig()):
     t = lambda x: torch.as_tensor(x, dtype=torch.float64).reshape(-1)  # noqa: E731
     return maspo_gate(t(rho), t(logp_old), t(adv), cfg)
