@@ -6,6 +6,8 @@ import dataclasses
 
 import torch
 
+from rlplugins._config import did_you_mean
+
 from .base import PairSelector, ScoreFn
 from .baselines import StaticScoreSelector, UniformSelector
 from .config import SageConfig
@@ -62,7 +64,7 @@ def make_selector(
 ) -> PairSelector:
     """Build the selector called ``name`` (one of `SELECTOR_NAMES`)."""
     if name not in SELECTOR_NAMES:
-        raise ValueError(f"unknown selector {name!r}; choose one of {SELECTOR_NAMES}")
+        raise ValueError(f"unknown selector {name!r}; choose one of {SELECTOR_NAMES}.{did_you_mean(name, SELECTOR_NAMES)}")
     if config is None:
         config = SageConfig()
     if not isinstance(config, SageConfig):

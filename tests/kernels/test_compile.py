@@ -37,6 +37,17 @@ def _compile(fn, backend: str = "aot_eager"):
     return torch.compile(fn, fullgraph=True, backend=backend)
 
 
+def _eager_and_compiled(fn, x, compiled_fn=None, backend: str = "aot_eager"):
+    """Run ``fn`` eagerly and compiled (``compiled_fn``, default ``fn``) on two leaf copies of ``x``, backward through
+    each output's first element (the loss); returns (eager outputs, eager grad, compiled outputs, compiled grad)."""
+    x_e, x_c = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_e = fn(x_e)
+    out_c = _compile(compiled_fn or fn, backend=backend)(x_c)
+    out_e[0].backward()
+    out_c[0].backward()
+    return out_e, x_e.grad, out_c, x_c.grad
+
+
 def _logits_loss(name: str, labels, mask, old, adv, temperature: float):
     def fn(logits):
         out = policy_loss_from_logits(name, logits=logits, labels=labels, old_log_prob=old, advantages=adv,
@@ -54,16 +65,12 @@ def _logits_loss(name: str, labels, mask, old, adv, temperature: float):
 def test_logits_path_fullgraph_equals_eager(name, dtype, temperature):
     logits, labels, mask, old, adv = _inputs(1, dtype)
     fn = _logits_loss(name, labels, mask, old, adv, temperature)
-    x_eager, x_comp = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    loss_e, metrics_e, lp_e = fn(x_eager)
-    loss_c, metrics_c, lp_c = _compile(fn)(x_comp)
-    loss_e.backward()
-    loss_c.backward()
+    (loss_e, metrics_e, lp_e), grad_e, (loss_c, metrics_c, lp_c), grad_c = _eager_and_compiled(fn, logits)
     assert all(isinstance(v, float) for v in metrics_e.values())
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in metrics_c.values())
     assert torch.equal(loss_c, loss_e) and torch.equal(lp_c, lp_e)
-    assert torch.equal(x_comp.grad, x_eager.grad)
-    assert x_comp.grad[~mask].abs().max() == 0  # masked rows: exactly zero gradient in the compiled graph too
+    assert torch.equal(grad_c, grad_e)
+    assert grad_c[~mask].abs().max() == 0  # masked rows: exactly zero gradient in the compiled graph too
     assert metrics_to_floats(metrics_c) == metrics_e
 
 
@@ -94,12 +101,8 @@ def test_compute_policy_loss_fullgraph_with_weights_and_global_counts():
         return compute_policy_loss("maspo", log_prob=log_prob, old_log_prob=old, advantages=adv, response_mask=mask,
                                    loss_agg_mode="seq-mean-token-mean", rollout_is_weights=w, global_batch_info=gbi)
 
-    x_e, x_c = lp.clone().requires_grad_(), lp.clone().requires_grad_()
-    loss_e, metrics_e = fn(x_e)
-    loss_c, metrics_c = _compile(fn)(x_c)
-    loss_e.backward()
-    loss_c.backward()
-    assert torch.equal(loss_c, loss_e) and torch.equal(x_c.grad, x_e.grad)
+    (loss_e, metrics_e), grad_e, (loss_c, metrics_c), grad_c = _eager_and_compiled(fn, lp)
+    assert torch.equal(loss_c, loss_e) and torch.equal(grad_c, grad_e)
     assert metrics_to_floats(metrics_c) == metrics_e
 
 
@@ -138,12 +141,8 @@ def test_compiled_on_nonfinite_mask_drops_like_eager():
         return compute_policy_loss("ppo_clip", log_prob=log_prob, old_log_prob=old, advantages=adv,
                                    response_mask=mask, on_nonfinite="mask")
 
-    x_e, x_c = lp.clone().requires_grad_(), lp.clone().requires_grad_()
-    loss_e, metrics_e = fn(x_e)
-    loss_c, metrics_c = _compile(fn)(x_c)
-    loss_e.backward()
-    loss_c.backward()
-    assert torch.equal(loss_c, loss_e) and torch.equal(x_c.grad, x_e.grad)
+    (loss_e, metrics_e), grad_e, (loss_c, metrics_c), grad_c = _eager_and_compiled(fn, lp)
+    assert torch.equal(loss_c, loss_e) and torch.equal(grad_c, grad_e)
     floats = metrics_to_floats(metrics_c)
     assert floats["nonfinite_tokens"] == metrics_e["nonfinite_tokens"] == 1.0
     assert floats.keys() == metrics_e.keys()
@@ -161,13 +160,10 @@ def test_triton_backend_fullgraph_equals_eager():
         lp = logprobs_from_logits(z, torch.where(mask, labels, -100), return_entropy=True, backend="triton")
         return out.loss - 0.01 * (lp.entropy * mask).sum() + 0.1 * lp.log_prob.sum(), out.metrics, out.path
 
-    x_e, x_c = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    loss_e, metrics_e, _ = fn(x_e, False)
-    loss_c, metrics_c, path = _compile(lambda z: fn(z, None))(x_c)
-    loss_e.backward()
-    loss_c.backward()
+    (loss_e, metrics_e, _), grad_e, (loss_c, metrics_c, path), grad_c = _eager_and_compiled(
+        lambda z: fn(z, False), logits, compiled_fn=lambda z: fn(z, None))
     assert path == "triton"
-    assert torch.equal(loss_c, loss_e) and torch.equal(x_c.grad, x_e.grad)
+    assert torch.equal(loss_c, loss_e) and torch.equal(grad_c, grad_e)
     assert metrics_to_floats(metrics_c) == metrics_e
 
 
@@ -192,13 +188,10 @@ def test_custom_op_registration(op, block):
 def test_inductor_logits_path():
     logits, labels, mask, old, adv = _inputs(9)
     fn = _logits_loss("maspo", labels, mask, old, adv, 1.0)
-    x_e, x_c = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    loss_e, metrics_e, _ = fn(x_e)
-    loss_c, metrics_c, _ = _compile(fn, backend="inductor")(x_c)
-    loss_e.backward()
-    loss_c.backward()
+    (loss_e, metrics_e, _), grad_e, (loss_c, metrics_c, _), grad_c = _eager_and_compiled(fn, logits,
+                                                                                         backend="inductor")
     # inductor may fuse and reorder the float32 arithmetic around the custom ops: equal to rounding.
     torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(x_c.grad, x_e.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_c, grad_e, rtol=1e-5, atol=1e-6)
     floats = metrics_to_floats(metrics_c)
     assert all(math.isclose(floats[k], metrics_e[k], rel_tol=1e-5, abs_tol=1e-6) for k in floats)

@@ -560,7 +560,7 @@ def test_validation_errors():
         SageSelector(num_pairs=n, batch_size=1, num_replicas=2, rank=2)
     with pytest.raises(ValueError, match="total_steps"):
         SageSelector(num_pairs=n, batch_size=1, config=SageConfig(refresh_mode="schedule"))
-    with pytest.raises(ValueError, match="unknown selector"):
+    with pytest.raises(ValueError, match="unknown selector 'sage2'.*Did you mean 'sage'"):
         make_selector("sage2", num_pairs=n, batch_size=1)
     with pytest.raises(ValueError, match="external_margins"):
         make_selector("sage", num_pairs=n, batch_size=1, external_margins=torch.zeros(n))
